@@ -1,0 +1,52 @@
+"""``veil detect``: find faces, people and plates and write their boxes as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from veil.cli.common import err_console, parse_targets, user_errors
+from veil.cli.paths import collect_images
+from veil.detection.engine import get_engine
+from veil.detection.types import TARGETS
+from veil.errors import VeilError
+from veil.imageio import atomic_write, load_image
+
+
+@user_errors
+def detect(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: all)."),
+    preset: str = typer.Option("balanced", "--preset", "-p", help="fast, balanced or thorough."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this file (default: stdout)."),
+) -> None:
+    """Detect objects and print (or write) their boxes in upright-image pixels."""
+    tg = parse_targets(targets, TARGETS)
+    engine = get_engine(preset)
+    files = collect_images(paths)
+    results, failed = [], 0
+    with Progress(TextColumn("detect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("", total=len(files))
+        for f, _root in files:
+            try:
+                img = load_image(f)
+                dets = engine.detect(img.rgb, tg)
+                results.append({"path": str(f), "width": img.width, "height": img.height, "detections": [d.to_json() for d in dets]})
+            except VeilError as exc:
+                failed += 1
+                err_console.print(f"[red]skipped[/] {f}: {exc}", highlight=False)
+                results.append({"path": str(f), "error": str(exc)})
+            bar.advance(task)
+    text = json.dumps({"images": results}, indent=2)
+    if json_out:
+        atomic_write(json_out, text.encode())
+        err_console.print(f"wrote {json_out} ({len(files) - failed} images, {failed} failed)")
+    else:
+        sys.stdout.write(text + "\n")
+    if failed:
+        raise typer.Exit(1)

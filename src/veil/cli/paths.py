@@ -1,0 +1,29 @@
+"""Collecting input images from files and folders (recursive), in a stable order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from veil.errors import VeilError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff", ".bmp"})
+
+
+def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """``(file, root)`` pairs: every named file, and every image file under named folders.
+
+    ``root`` is the folder the file was found under (or the file's parent), so outputs can
+    mirror the input tree. Files named explicitly are taken whatever their extension (the
+    content decides); inside folders only image extensions are picked up.
+    """
+    out: list[tuple[Path, Path]] = []
+    for p in paths:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    out.append((f, p))
+        elif p.is_file():
+            out.append((p, p.parent))
+        else:
+            raise VeilError(f"{p}: no such file or folder")
+    return out

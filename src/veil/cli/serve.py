@@ -1,0 +1,61 @@
+"""``veil serve``: the API (and the web page) in one process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from veil.cli.common import err_console, user_errors
+
+
+@user_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", envvar="VEIL_SERVER_HOST",
+                             help="Address to bind. Loopback with no API keys = open local mode; any other "
+                                  "address requires a key on every call."),
+    port: int = typer.Option(8000, "--port", envvar="VEIL_SERVER_PORT"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="VEIL_SERVER_DATA_DIR",
+                                            help="SQLite db and secrets (default $VEIL_HOME/server or "
+                                                 "~/.local/share/veil/server)."),
+    ttl: Optional[float] = typer.Option(None, "--ttl", help="Seconds results are kept after a job ends [3600]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads running the pipeline."),
+    queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Waiting jobs before 503 [64]."),
+    require_keys: Optional[bool] = typer.Option(None, "--require-keys/--no-require-keys",
+                                                help="Force key checks on or off (default: from the bind address)."),
+    allow_private_webhooks: bool = typer.Option(False, "--allow-private-webhooks",
+                                                help="Let webhooks reach private, link-local and metadata addresses."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Images per job [100]."),
+    max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", help="Request body limit in MB [256]."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixels per image [150000000]."),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve the API at http://HOST:PORT/api/v1 (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from veil.server.app import create_app
+    from veil.server.config import ServerConfig
+
+    config = ServerConfig.from_env(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        ttl=ttl,
+        workers=workers,
+        queue_size=queue_size,
+        require_keys=require_keys,
+        allow_private_webhooks=allow_private_webhooks or None,
+        max_images_per_job=max_images,
+        max_request_bytes=max_upload_mb * 1024 * 1024 if max_upload_mb else None,
+        max_pixels=max_pixels,
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    state = app.state.veil
+    mode = "API key required" if state.auth_required() else "open local mode (no key needed)"
+    err_console.print(f"veil serving on {config.base_url}  ·  {mode}  ·  data in {config.data_dir}", highlight=False)
+    if not config.loopback and not state.keys.has_active_keys():
+        err_console.print("[yellow]no API key exists yet: create one with 'veil keys create'[/]")
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level.lower(), server_header=False)

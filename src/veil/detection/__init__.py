@@ -1,0 +1,5 @@
+"""Detection engine: one :class:`Detection` type for faces, people and plates."""
+
+from veil.detection.types import TARGETS, Detection
+
+__all__ = ["TARGETS", "Detection"]

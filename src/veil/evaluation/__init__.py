@@ -1,0 +1,1 @@
+"""Scoring detectors on labelled photos (``veil eval``)."""

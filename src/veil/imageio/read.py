@@ -1,0 +1,193 @@
+"""Decode any supported upload into an upright RGB array, refusing anything unsafe.
+
+The format is sniffed from the first bytes (never the file name), and Pillow is only
+allowed the matching decoder, so a file cannot pick a surprising code path by lying
+about its extension. Sizes are checked from the header before decoding (see
+:mod:`veil.imageio.limits`); any decode failure becomes :class:`~veil.errors.ImageError`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pillow_heif
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
+
+from veil.errors import ImageError
+from veil.imageio.limits import DEFAULT_LIMITS, Limits
+from veil.imageio.metadata import (
+    DEFAULT_QUALITY,
+    estimate_jpeg_quality,
+    find_metadata,
+    icc_colorspace,
+    safe_fields,
+)
+
+pillow_heif.register_heif_opener()
+# Pillow's own guard must not fire below ours (it would only warn); above 2x it errors.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_LIMITS.max_pixels)
+
+SUPPORTED = ("jpeg", "png", "webp", "heif", "tiff", "bmp")
+_PIL_FORMATS = {
+    "jpeg": ["JPEG"],
+    "png": ["PNG"],
+    "webp": ["WEBP"],
+    "heif": ["HEIF"],
+    "tiff": ["TIFF"],
+    "bmp": ["BMP"],
+}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+
+
+@dataclass
+class LoadedImage:
+    """A decoded input: upright pixels plus what the writer and the report need."""
+
+    rgb: np.ndarray  #: ``(H, W, 3)`` uint8, EXIF orientation applied
+    alpha: np.ndarray | None  #: ``(H, W)`` uint8 or None, re-attached on output
+    format: str  #: sniffed: jpeg, png, webp, heif, tiff, bmp
+    icc_profile: bytes | None = None  #: an RGB profile valid for ``rgb`` (kept on output)
+    quality: int = DEFAULT_QUALITY  #: estimated JPEG quality (92 when unknown)
+    metadata: list[str] = field(default_factory=list)  #: blocks found (exif, gps, xmp...)
+    safe_metadata: dict[str, Any] = field(default_factory=dict)  #: keepable fields
+    orientation: int = 1  #: the EXIF orientation that was applied
+    mode: str = "RGB"  #: the source's Pillow mode (CMYK, I;16, P...)
+    frames: int = 1  #: images in the file; only the first/primary one is kept
+    subsampling: int | None = None  #: JPEG chroma subsampling (0, 1, 2) to reuse
+    decode_ms: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format from magic bytes, or None for anything veil does not read."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[4:8] == b"ftyp":
+        size = int.from_bytes(data[:4], "big")
+        box = data[8 : min(max(size, 16), 256)]
+        brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
+        if brands & _HEIF_BRANDS:
+            return "heif"
+        return None
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:2] == b"BM" and len(data) >= 26:
+        return "bmp"
+    return None
+
+
+def _read(source: bytes | bytearray | memoryview | Path | str, limits: Limits) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        limits.check_bytes(len(data))
+        return data
+    path = Path(source)
+    try:
+        limits.check_bytes(path.stat().st_size)
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> LoadedImage:
+    """Decode ``source`` (bytes or a path) into an upright :class:`LoadedImage`.
+
+    Raises :class:`ImageError` for unsupported, corrupt, truncated or oversized input.
+    """
+    t0 = time.perf_counter()
+    data = _read(source, limits)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError("not a supported image (JPEG, PNG, WEBP, HEIC/HEIF, TIFF or BMP expected)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
+            limits.check_size(*im.size)
+            im.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refused as a possible decompression bomb: {exc}") from None
+    except Exception as exc:  # any decoder failure on untrusted input is a bad file, not a bug
+        raise ImageError(f"corrupt or truncated {fmt.upper()} image ({type(exc).__name__}: {exc})") from None
+
+    metadata = find_metadata(im, data, fmt)
+    icc = im.info.get("icc_profile") or None
+    safe = safe_fields(im, icc)
+    orientation = int(safe.get("orientation", 1))
+    quality = (estimate_jpeg_quality(im) if fmt == "jpeg" else None) or DEFAULT_QUALITY
+    subsampling = None
+    if fmt == "jpeg":
+        s = JpegImagePlugin.get_sampling(im)
+        subsampling = s if s in (0, 1, 2) else None
+    mode, frames = im.mode, int(getattr(im, "n_frames", 1) or 1)
+    try:
+        upright = ImageOps.exif_transpose(im) if orientation != 1 else im
+        rgb, alpha, icc = _to_rgb(upright, icc)
+    except Exception as exc:
+        raise ImageError(f"cannot convert {fmt.upper()} image in mode {mode}: {exc}") from None
+    if icc is None:
+        safe.pop("icc", None)
+    else:
+        safe["icc"] = icc
+    return LoadedImage(
+        rgb=rgb,
+        alpha=alpha,
+        format=fmt,
+        icc_profile=icc,
+        quality=quality,
+        metadata=metadata,
+        safe_metadata=safe,
+        orientation=orientation,
+        mode=mode,
+        frames=frames,
+        subsampling=subsampling,
+        decode_ms=(time.perf_counter() - t0) * 1000.0,
+    )
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _to_rgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """``(rgb, alpha, icc)``: 8-bit RGB for detection, alpha to re-attach, a valid RGB ICC."""
+    space = icc_colorspace(icc)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        peak = 1.0 if im.mode == "F" and a.max(initial=0) <= 1.0 else 255.0 if im.mode == "F" else 65535.0
+        if im.mode == "I" and a.max(initial=0) <= 255:
+            peak = 255.0
+        gray = np.clip(np.rint(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2)), None, None
+    if im.mode == "CMYK":
+        if space == b"CMYK":
+            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, srgb, outputMode="RGB")
+            return np.array(out, dtype=np.uint8), None, srgb.tobytes()
+        return np.array(im.convert("RGB"), dtype=np.uint8), None, None
+    if _has_alpha(im):
+        rgba = np.array(im.convert("RGBA"), dtype=np.uint8)
+        rgb, alpha = np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
+    else:
+        rgb, alpha = np.array(im.convert("RGB"), dtype=np.uint8), None
+    return rgb, alpha, icc if space == b"RGB " else None

@@ -1,0 +1,149 @@
+"""Encode the anonymized pixels into a fresh file that carries no input metadata.
+
+Images are always rebuilt from the pixel array (never ``Image.save`` of the decoded
+input), so EXIF, GPS, XMP, IPTC, comments, text chunks, thumbnails and extra frames
+cannot leak through. Only the ICC profile (colour fidelity) and the safe fields the
+user asked to keep are written. Pixels are upright, so orientation is reset to 1.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+import veil.imageio.read  # noqa: F401  (registers the HEIF encoder)
+from veil.errors import OptionsError
+
+EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "heif": ".heic", "tiff": ".tiff", "bmp": ".bmp"}
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "heif": "image/heic",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+}
+_PIL_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "heif": "HEIF", "tiff": "TIFF", "bmp": "BMP"}
+_NO_ALPHA = ("jpeg",)
+#: Inverse of ``ImageOps.exif_transpose`` per orientation, to store pixels as the camera did.
+_UNDO_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+_EXIF_TAGS = {"orientation": 0x0112, "artist": 0x013B, "copyright": 0x8298, "datetime": 0x0132}
+
+
+def encode_image(
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    fmt: str,
+    *,
+    quality: int = 92,
+    icc_profile: bytes | None = None,
+    keep: Mapping[str, Any] | None = None,
+    subsampling: int | None = None,
+) -> bytes:
+    """Encode upright ``rgb`` (+ ``alpha``) as ``fmt`` with only ICC and ``keep`` fields.
+
+    ``keep`` maps names from ``SAFE_METADATA`` to values (as found by
+    :func:`veil.imageio.metadata.safe_fields`); ``orientation`` stores the pixels
+    rotated back with the original tag, everything else is written as-is.
+    JPEG has no alpha: transparent pixels are flattened onto white, as viewers show them.
+    """
+    if fmt not in _PIL_NAMES:
+        raise OptionsError(f"cannot write format {fmt!r}; choose from {', '.join(_PIL_NAMES)}", field="format")
+    keep = dict(keep or {})
+    if alpha is not None and fmt in _NO_ALPHA:
+        a = alpha.astype(np.float32)[:, :, None] / 255.0
+        rgb = np.clip(rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
+        alpha = None
+    if alpha is not None:
+        im = Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA")
+    else:
+        im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    orientation = int(keep.get("orientation") or 1)
+    if orientation in _UNDO_ORIENTATION:
+        im = im.transpose(_UNDO_ORIENTATION[orientation])
+    params: dict[str, Any] = {}
+    if icc_profile:
+        params["icc_profile"] = icc_profile
+    tags = {tag: (orientation if name == "orientation" else str(keep[name]))
+            for name, tag in _EXIF_TAGS.items() if keep.get(name) and not (name == "orientation" and orientation == 1)}  # fmt: skip
+    if tags and fmt == "tiff":
+        params["tiffinfo"] = tags
+    elif tags and fmt != "bmp":
+        exif = Image.Exif()
+        for tag, value in tags.items():
+            exif[tag] = value
+        params["exif"] = exif.tobytes()
+    if keep.get("dpi") and fmt in ("jpeg", "png", "tiff", "bmp"):
+        params["dpi"] = tuple(keep["dpi"])
+    if fmt == "jpeg":
+        params.update(quality=int(quality), optimize=True)
+        if subsampling is not None:
+            params["subsampling"] = subsampling
+    elif fmt in ("webp", "heif"):
+        params["quality"] = int(quality)
+    elif fmt == "tiff":
+        params["compression"] = "tiff_lzw"
+    buf = io.BytesIO()
+    im.save(buf, format=_PIL_NAMES[fmt], **params)
+    return buf.getvalue()
+
+
+def output_format(requested: str | None, source: str) -> str:
+    """The format to write: the requested one, else the input's."""
+    return requested or source
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+
+    A temp file in the same directory is fsynced and then ``os.replace``-d; on any
+    failure the temp file is removed and the destination is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".veil-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -1,0 +1,1 @@
+"""onnxruntime sessions, created once per process and reused."""

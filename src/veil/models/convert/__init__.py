@@ -1,0 +1,1 @@
+"""Offline converters that turn third-party model formats into ONNX files veil can run."""

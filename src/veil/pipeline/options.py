@@ -1,0 +1,200 @@
+"""One typed, validated options object shared by the CLI, the API and the web page.
+
+Defaults are documented here and in the README; every face of veil builds an
+:class:`Options` through :meth:`Options.from_mapping` so validation happens once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from veil.detection.types import TARGETS
+from veil.errors import OptionsError
+
+PRESETS = ("fast", "balanced", "thorough")
+STYLES = ("blur", "pixelate", "fill")
+SHAPES = ("box", "ellipse", "mask")
+FORMATS = ("jpeg", "png", "webp", "tiff", "bmp", "heif")
+#: Metadata fields that may be kept on request: none of them identifies a person or place.
+SAFE_METADATA = ("icc", "orientation", "dpi", "copyright", "artist", "datetime")
+_COLOR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_color(value: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value):
+            return (int(value[0]), int(value[1]), int(value[2]))
+        raise OptionsError("color must be three integers 0-255", field="color")
+    m = _COLOR_RE.match(str(value).strip())
+    if not m:
+        raise OptionsError(f"color must look like #RRGGBB, got {value!r}", field="color")
+    h = m.group(1)
+    return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+
+
+@dataclass
+class TargetStyle:
+    """Per-target override of the masking look (e.g. plates filled, faces blurred)."""
+
+    style: str | None = None
+    shape: str | None = None
+    color: tuple[int, int, int] | None = None
+
+
+@dataclass
+class Options:
+    """What to hide and how. Defaults: faces, people and plates; blur; strength 30."""
+
+    targets: tuple[str, ...] = TARGETS
+    preset: str = "balanced"
+    style: str = "blur"
+    #: ``None`` means the per-target default: ellipse for faces and heads, box otherwise.
+    shape: str | None = None
+    color: tuple[int, int, int] = (0, 0, 0)
+    strength: int = 30
+    feather: float = 0.2
+    #: Box growth around faces before masking (1.3 = 30% larger, like deface).
+    margin: float = 1.3
+    #: Re-scan the output and mask any face still found; ``None`` = on in ``thorough``.
+    verify: bool | None = None
+    #: Hide the head of a person whose face was not found.
+    hide_heads: bool = True
+    per_target: dict[str, TargetStyle] = field(default_factory=dict)
+    #: Output format; ``None`` keeps the input's format.
+    format: str | None = None
+    #: JPEG/WEBP quality; ``None`` estimates the input's (default 92).
+    quality: int | None = None
+    keep_metadata: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        self.targets = tuple(dict.fromkeys(self.targets))
+        if not self.targets:
+            raise OptionsError("choose at least one target", field="targets")
+        for t in self.targets:
+            if t not in TARGETS:
+                raise OptionsError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", field="targets")
+        _choice("preset", self.preset, PRESETS)
+        _choice("style", self.style, STYLES)
+        if self.shape is not None:
+            _choice("shape", self.shape, SHAPES)
+        if isinstance(self.color, (str, list)):
+            self.color = parse_color(self.color)
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 <= self.strength <= 100:
+            raise OptionsError("strength must be a number from 0 to 100", field="strength")
+        self.strength = int(round(self.strength))
+        if not isinstance(self.feather, (int, float)) or not 0 <= self.feather <= 1:
+            raise OptionsError("feather must be a number from 0 to 1", field="feather")
+        if not isinstance(self.margin, (int, float)) or not 1.0 <= self.margin <= 3.0:
+            raise OptionsError("margin must be a number from 1.0 to 3.0", field="margin")
+        if self.format is not None:
+            fmt = str(self.format).lower()
+            fmt = {"jpg": "jpeg", "jfif": "jpeg", "heic": "heif", "tif": "tiff"}.get(fmt, fmt)
+            _choice("format", fmt, FORMATS)
+            self.format = fmt
+        if self.quality is not None and (not isinstance(self.quality, int) or not 1 <= self.quality <= 100):
+            raise OptionsError("quality must be an integer from 1 to 100", field="quality")
+        if isinstance(self.keep_metadata, str):
+            self.keep_metadata = tuple(k.strip() for k in self.keep_metadata.split(",") if k.strip())
+        for k in self.keep_metadata:
+            _choice("keep_metadata", k, SAFE_METADATA)
+        per: dict[str, TargetStyle] = {}
+        for target, ts in dict(self.per_target).items():
+            if target not in TARGETS + ("head",):
+                raise OptionsError(f"unknown target {target!r} in per-target styles", field="per_target")
+            if isinstance(ts, Mapping):
+                unknown = set(ts) - {"style", "shape", "color"}
+                if unknown:
+                    raise OptionsError(f"unknown per-target field(s): {', '.join(sorted(unknown))}", field="per_target")
+                ts = TargetStyle(**ts)
+            if ts.style is not None:
+                _choice(f"{target}_style", ts.style, STYLES)
+            if ts.shape is not None:
+                _choice(f"{target}_shape", ts.shape, SHAPES)
+            if ts.color is not None:
+                ts.color = parse_color(ts.color)
+            per[target] = ts
+        self.per_target = per
+
+    # -- derived values -----------------------------------------------------------------
+    @property
+    def verify_enabled(self) -> bool:
+        return self.preset == "thorough" if self.verify is None else bool(self.verify)
+
+    def style_for(self, target: str) -> TargetStyle:
+        """The resolved style, shape and colour for one target."""
+        ts = self.per_target.get(target) or self.per_target.get("face" if target == "head" else "") or TargetStyle()
+        default_shape = "ellipse" if target in ("face", "head") else "box"
+        return TargetStyle(
+            style=ts.style or self.style,
+            shape=ts.shape or self.shape or default_shape,
+            color=ts.color or self.color,
+        )
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Options":
+        """Build from JSON/TOML/CLI values; unknown keys are errors, not silently ignored.
+
+        Flat keys ``<target>_style``, ``<target>_shape``, ``<target>_color`` are accepted
+        as shorthand for ``per_target``.
+        """
+        if not isinstance(data, Mapping):
+            raise OptionsError("options must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        per: dict[str, dict[str, Any]] = {k: dict(v) for k, v in dict(data.get("per_target") or {}).items()}
+        for key, value in data.items():
+            if key == "per_target" or value is None:
+                continue
+            m = re.fullmatch(r"(face|person|plate|head)_(style|shape|color)", key)
+            if m:
+                per.setdefault(m.group(1), {})[m.group(2)] = value
+            elif key in names:
+                kwargs[key] = tuple(value) if isinstance(value, list) and key in ("targets", "keep_metadata") else value
+            else:
+                raise OptionsError(f"unknown option {key!r}", field=key)
+        if "color" in kwargs:
+            kwargs["color"] = parse_color(kwargs["color"])
+        kwargs["per_target"] = per
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # wrong value types that dataclass init rejects
+            raise OptionsError(str(exc)) from None
+
+    @classmethod
+    def from_toml(cls, path: Path, overrides: Mapping[str, Any] | None = None) -> "Options":
+        """Load a preset file (a flat TOML table, optionally under ``[veil]``)."""
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise OptionsError(f"cannot read options file {path}: {exc}") from None
+        data = dict(data.get("veil", data))
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(data)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["targets"] = list(self.targets)
+        out["keep_metadata"] = list(self.keep_metadata)
+        out["color"] = "#%02x%02x%02x" % self.color
+        out["per_target"] = {
+            t: {k: ("#%02x%02x%02x" % v if k == "color" and v else v) for k, v in dataclasses.asdict(s).items() if v is not None}
+            for t, s in self.per_target.items()
+        }
+        return out
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise OptionsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}", field=name)

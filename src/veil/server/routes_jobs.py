@@ -1,0 +1,216 @@
+"""``/api/v1/jobs``: asynchronous batches of images."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from veil.errors import OptionsError
+from veil.pipeline.options import Options
+from veil.server.app import get_state, principal
+from veil.server.jobs import Principal, Upload
+from veil.server.problems import PROBLEM_JSON, Problem, field_error, options_problem
+from veil.server.uploads import Form, UploadLimits, check_image, read_multipart
+from veil.server.webhooks import WebhookURLError, check_callback_url
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+_PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"description": d, **_PROBLEM}
+    for s, d in {
+        401: "API key missing or invalid",
+        404: "No such job or image (or it expired)",
+        413: "Upload, image or pixel count too large",
+        415: "Not a supported image",
+        422: "Invalid options or fields",
+        429: "Quota spent or too many concurrent jobs",
+        503: "Queue full; see Retry-After",
+    }.items()
+}
+
+_JOB_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "JPEG, PNG, WEBP, HEIC or TIFF images (content is sniffed, names ignored)",
+                        },
+                        "options": {"type": "string", "description": "JSON object of veil options"},
+                        "callback_url": {"type": "string", "format": "uri"},
+                        "delete_after_download": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
+
+_IMAGE_RESPONSE = {200: {"description": "The anonymized image", "content": {"image/*": {}}}}
+
+
+def parse_options(raw: str | None, field: str = "options") -> Options:
+    if raw is None or not raw.strip():
+        return Options()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            422,
+            f"{field} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            slug="invalid-options",
+            errors=[field_error(field, f"not valid JSON: {exc.msg}")],
+        ) from None
+    if not isinstance(data, dict):
+        raise Problem(422, f"{field} must be a JSON object", slug="invalid-options",
+                      errors=[field_error(field, "must be a JSON object")])
+    try:
+        return Options.from_mapping(data)
+    except OptionsError as exc:
+        raise options_problem(exc, field) from None
+
+
+def parse_bool(raw: str | None, field: str) -> bool:
+    if raw is None or raw.strip() == "":
+        return False
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise Problem(422, f"{field} must be true or false", slug="validation-error", errors=[field_error(field, "not a boolean")])
+
+
+def reject_unknown_fields(form: Form, allowed: set[str]) -> None:
+    unknown = sorted(form.names() - allowed)
+    if unknown:
+        raise Problem(
+            422,
+            f"unknown form field(s): {', '.join(unknown)}; expected {', '.join(sorted(allowed))}",
+            slug="validation-error",
+            errors=[field_error(n, "unknown field") for n in unknown],
+        )
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Submit images for anonymization",
+    openapi_extra=_JOB_FORM,
+    responses=_ERRORS,
+)
+async def create_job(request: Request, who: Principal = Depends(principal)) -> JSONResponse:
+    state = get_state(request)
+    lim = state.config.limits
+    form = await read_multipart(
+        request, UploadLimits(lim.max_request_bytes, lim.max_file_bytes, lim.max_images_per_job, file_field="files")
+    )
+    reject_unknown_fields(form, {"files", "options", "callback_url", "delete_after_download"})
+    parts = form.files("files")
+    if not parts:
+        raise Problem(422, "send at least one image in 'files'", slug="validation-error",
+                      errors=[field_error("files", "at least one image is required")])
+    options = parse_options(form.field("options"))
+    callback_url = (form.field("callback_url") or "").strip() or None
+    delete_after = parse_bool(form.field("delete_after_download"), "delete_after_download")
+    if callback_url:
+        try:
+            await run_in_threadpool(
+                check_callback_url,
+                callback_url,
+                allow_private=state.config.allow_private_webhooks,
+                allow_local=state.config.loopback,
+            )
+        except WebhookURLError as exc:
+            raise Problem(422, str(exc), slug="invalid-callback-url", errors=[field_error("callback_url", str(exc))]) from None
+    for i, p in enumerate(parts):
+        check_image(p, i, lim.max_pixels)
+    uploads = [Upload(p.data, p.filename) for p in parts]
+    del form, parts
+    body = await run_in_threadpool(
+        state.jobs.create,
+        uploads,
+        options,
+        who,
+        callback_url=callback_url,
+        delete_after_download=delete_after,
+        base_url=str(request.base_url),
+    )
+    return JSONResponse(body, status_code=202, headers={"Location": body["links"]["self"]})
+
+
+@router.get("/jobs/{job_id}", summary="Job status", responses=_ERRORS)
+async def get_job(request: Request, job_id: str = Path(max_length=64), who: Principal = Depends(principal)) -> dict:
+    return await run_in_threadpool(get_state(request).jobs.status, job_id, who)
+
+
+@router.get("/jobs/{job_id}/images/{n}", summary="Download one anonymized image", responses={**_IMAGE_RESPONSE, **_ERRORS},
+            response_class=Response)
+async def get_image(
+    request: Request,
+    job_id: str = Path(max_length=64),
+    n: int = Path(ge=0, le=100_000),
+    who: Principal = Depends(principal),
+) -> Response:
+    jobs = get_state(request).jobs
+    data, ctype, name = await run_in_threadpool(jobs.image, job_id, n, who)
+    return Response(
+        data,
+        media_type=ctype,
+        headers={"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "no-store"},
+        background=BackgroundTask(jobs.downloaded_image, job_id, n),
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/archive",
+    summary="Download every finished image as a ZIP",
+    responses={200: {"description": "ZIP of 0001.jpg, 0002.png…", "content": {"application/zip": {}}}, **_ERRORS},
+    response_class=Response,
+)
+async def get_archive(
+    request: Request,
+    job_id: str = Path(max_length=64),
+    names: str = Query("index", pattern="^(index|original)$",
+                       description="'original' appends the sanitized original base name: 0001_beach.jpg"),
+    who: Principal = Depends(principal),
+) -> StreamingResponse:
+    jobs = get_state(request).jobs
+    stream = await run_in_threadpool(jobs.archive, job_id, who, names == "original")
+    return StreamingResponse(
+        stream,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="veil-{job_id}.zip"', "Cache-Control": "no-store"},
+        background=BackgroundTask(jobs.downloaded_archive, job_id),
+    )
+
+
+@router.delete("/jobs/{job_id}", status_code=204, summary="Delete a job and all its images now", responses=_ERRORS,
+               response_class=Response)
+async def delete_job(request: Request, job_id: str = Path(max_length=64), who: Principal = Depends(principal)) -> Response:
+    await run_in_threadpool(get_state(request).jobs.delete_job, job_id, who)
+    return Response(status_code=204)
+
+
+@router.delete("/jobs/{job_id}/images/{n}", status_code=204, summary="Delete one image now", responses=_ERRORS,
+               response_class=Response)
+async def delete_image(
+    request: Request,
+    job_id: str = Path(max_length=64),
+    n: int = Path(ge=0, le=100_000),
+    who: Principal = Depends(principal),
+) -> Response:
+    await run_in_threadpool(get_state(request).jobs.delete_image, job_id, n, who)
+    return Response(status_code=204)

@@ -1,0 +1,279 @@
+"""Multipart uploads parsed in memory, with limits enforced while the body streams in.
+
+Starlette's ``request.form()`` spools file parts above 1 MB to temporary files on disk;
+veil promises that nothing of an upload touches disk, so the body is parsed here with
+``python_multipart``'s streaming parser into ``bytes`` only. Size limits stop the read
+early (413) instead of buffering an oversized body first.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from veil.server.problems import Problem, field_error
+
+#: Formats accepted as input, as sniffed from the first bytes (never from names).
+ACCEPTED_FORMATS = ("jpeg", "png", "webp", "heif", "tiff", "bmp")
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "heif": "image/heif",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "heif": "heic", "tiff": "tif", "bmp": "bmp"}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class Form:
+    parts: list[Part] = field(default_factory=list)
+
+    def files(self, name: str) -> list[Part]:
+        return [p for p in self.parts if p.name == name]
+
+    def field(self, name: str) -> str | None:
+        """The text of a non-file field (or of a file part sent for it), or ``None``."""
+        for p in self.parts:
+            if p.name == name:
+                try:
+                    return p.data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Problem(422, f"field {name!r} must be UTF-8 text", errors=[field_error(name, "not UTF-8")]) from None
+        return None
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.parts}
+
+
+@dataclass
+class UploadLimits:
+    max_request_bytes: int
+    max_file_bytes: int
+    max_files: int
+    max_field_bytes: int = 1024 * 1024
+    max_fields: int = 32
+    file_field: str = "files"
+
+
+async def read_multipart(request: Request, limits: UploadLimits) -> Form:
+    """Parse a ``multipart/form-data`` body into memory, enforcing ``limits``."""
+    ctype = request.headers.get("content-type", "")
+    kind, params = parse_options_header(ctype)
+    if kind != b"multipart/form-data":
+        raise Problem(415, "send the request as multipart/form-data", slug="unsupported-media-type")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise Problem(400, "multipart body without a boundary", slug="bad-multipart")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise _too_large(limits)
+
+    form = Form()
+    state: dict = {"name": None, "filename": None, "ctype": None, "buf": None, "hname": b"", "hval": b"", "headers": {}}
+    counts = {"files": 0, "fields": 0}
+
+    def on_part_begin() -> None:
+        state.update(name=None, filename=None, ctype=None, buf=bytearray(), headers={}, hname=b"", hval=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["hname"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["hval"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["hname"].lower()] = state["hval"]
+        state["hname"], state["hval"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        if b"name" not in opts:
+            raise Problem(400, 'a multipart part lacks a Content-Disposition "name"', slug="bad-multipart")
+        state["name"] = opts[b"name"].decode("utf-8", "replace")
+        if b"filename" in opts:
+            state["filename"] = opts[b"filename"].decode("utf-8", "replace")
+        ct = state["headers"].get(b"content-type")
+        state["ctype"] = ct.decode("latin-1") if ct else None
+        if state["name"] == limits.file_field or state["filename"] is not None:
+            counts["files"] += 1
+            if counts["files"] > limits.max_files:
+                raise Problem(
+                    413,
+                    f"too many images in one request (at most {limits.max_files})",
+                    slug="too-many-images",
+                    errors=[field_error(limits.file_field, f"at most {limits.max_files} images")],
+                )
+        else:
+            counts["fields"] += 1
+            if counts["fields"] > limits.max_fields:
+                raise Problem(413, f"too many form fields (at most {limits.max_fields})", slug="too-many-fields")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        buf: bytearray = state["buf"]
+        buf += data[start:end]
+        is_file = state["name"] == limits.file_field or state["filename"] is not None
+        cap = limits.max_file_bytes if is_file else limits.max_field_bytes
+        if len(buf) > cap:
+            what = "an image" if is_file else f"field {state['name']!r}"
+            raise Problem(
+                413,
+                f"{what} exceeds the limit of {_mb(cap)}",
+                slug="payload-too-large",
+                errors=[field_error(state["name"], f"larger than {_mb(cap)}")],
+            )
+
+    def on_part_end() -> None:
+        form.parts.append(Part(state["name"], state["filename"], state["ctype"], bytes(state["buf"])))
+        state["buf"] = None
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    }
+    parser = MultipartParser(boundary, callbacks)
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limits.max_request_bytes:
+                raise _too_large(limits)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise Problem(400, f"malformed multipart body: {exc}", slug="bad-multipart") from None
+    except ClientDisconnect:
+        raise Problem(400, "the client disconnected during the upload", slug="bad-multipart") from None
+    return form
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def _too_large(limits: UploadLimits) -> Problem:
+    return Problem(
+        413,
+        f"the request body exceeds the limit of {_mb(limits.max_request_bytes)}",
+        slug="payload-too-large",
+    )
+
+
+# -- content sniffing --------------------------------------------------------------------
+def sniff_format(data: bytes) -> str | None:
+    """The image format from magic bytes (never from a name or a declared type)."""
+    try:
+        from veil.imageio.read import sniff_format as _sniff
+    except ImportError:
+        return _fallback_sniff(data)
+    return _sniff(data)
+
+
+def _fallback_sniff(data: bytes) -> str | None:
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brands = {head[8:12]} | {data[i : i + 4] for i in range(16, min(len(data), 64), 4)}
+        if brands & _HEIF_BRANDS:
+            return "heif"
+    return None
+
+
+def check_image(part: Part, index: int | None, max_pixels: int, field: str = "files") -> str:
+    """Sniff ``part``; refuse non-images (415) and headers announcing too many pixels (413).
+
+    Only the header is read here (dimensions); decoding and every other check happen in
+    :mod:`veil.imageio` when the pipeline loads the image.
+    """
+    where = f"{field}[{index}]" if index is not None else field
+    fmt = sniff_format(part.data)
+    if fmt is None:
+        raise Problem(
+            415,
+            f"{where} is not a supported image (JPEG, PNG, WEBP, HEIC or TIFF), whatever its name or declared type says",
+            slug="unsupported-media-type",
+            errors=[field_error(where, "not a JPEG, PNG, WEBP, HEIC or TIFF image")],
+        )
+    size = header_size(part.data)
+    if size is not None:
+        w, h = size
+        try:
+            from veil.imageio.limits import Limits
+        except ImportError:
+            too_big = w * h > max_pixels
+            msg = f"image is too large ({w}x{h}; limit {max_pixels:,} pixels)"
+        else:
+            try:
+                Limits(max_bytes=1 << 62, max_pixels=max_pixels).check_size(w, h)
+                too_big, msg = False, ""
+            except Exception as exc:  # ImageError
+                too_big, msg = True, str(exc)
+        if too_big:
+            raise Problem(413, f"{where}: {msg}", slug="image-too-large", errors=[field_error(where, msg)])
+    return fmt
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the image header, or ``None`` when it can't be read cheaply."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header only
+                return int(im.size[0]), int(im.size[1])
+        except Image.DecompressionBombError as exc:
+            raise Problem(
+                413,
+                f"refused as a possible decompression bomb: {exc}",
+                slug="image-too-large",
+                errors=[field_error("files", "possible decompression bomb")],
+            ) from None
+        except Exception:  # noqa: BLE001 - corrupt or exotic: leave the verdict to imageio
+            return None
+
+
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_stem(filename: str | None, max_len: int = 64) -> str | None:
+    """A sanitized base name without extension (no paths, no dots at the start), or ``None``."""
+    if not filename:
+        return None
+    name = re.split(r"[\\/]", filename)[-1]
+    name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    if "." in name:
+        name = name.rsplit(".", 1)[0]
+    name = _SAFE_CHARS.sub("_", name).strip("._-")[:max_len].strip("._-")
+    return name or None

@@ -1,0 +1,142 @@
+"""Webhooks: signed delivery to a real receiver, retries, refused targets."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_server_support import FakePipeline, Receiver, assert_problem, start_server, tiny_png, wait_job
+from veil.server.config import ServerConfig
+from veil.server.webhooks import (
+    WebhookURLError,
+    check_callback_url,
+    server_secret,
+    sign,
+    verify_signature,
+)
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = start_server(
+        ServerConfig(data_dir=Path(tempfile.mkdtemp()), webhook_backoff=0.1, webhook_max_seconds=20),
+        pipeline=FakePipeline(),
+    )
+    yield s
+    s.stop()
+
+
+def _submit(client, callback_url, headers=None):
+    return client.post(
+        "/api/v1/jobs",
+        files=[("files", ("a.png", tiny_png(), "image/png")), ("files", ("b.png", tiny_png(), "image/png"))],
+        data={"callback_url": callback_url},
+        headers=headers or {},
+    )
+
+
+def _wait_for(cond, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_webhook_delivered_and_signed_with_server_secret(srv):
+    rec = Receiver()
+    try:
+        with srv.client() as c:
+            job = _submit(c, rec.url)
+            assert job.status_code == 202, job.text
+            job_id = job.json()["id"]
+            assert rec.event.wait(15)
+            req = rec.requests[0]
+            h = req["headers"]
+            secret = server_secret(srv.state.config.data_dir)
+            assert h["x-veil-signature"] == sign(secret, h["x-veil-timestamp"], req["body"])
+            assert verify_signature(secret, h["x-veil-timestamp"], req["body"], h["x-veil-signature"])
+            assert not verify_signature("wrong", h["x-veil-timestamp"], req["body"], h["x-veil-signature"])
+            event = rec.json()
+            assert event["event"] == "job.done" and h["x-veil-event"] == "job.done"
+            assert event["job"]["id"] == job_id and event["job"]["images"] == 2 and event["job"]["done"] == 2
+            assert event["job"]["detections"]["face"] == 2
+            assert event["links"]["archive"].startswith(srv.url) and len(event["links"]["images"]) == 2
+            _wait_for(lambda: c.get(f"/api/v1/jobs/{job_id}").json()["webhook"]["status"] == "delivered")
+        secret_file = srv.state.config.data_dir / "webhook_secret"
+        assert (secret_file.stat().st_mode & 0o777) == 0o600
+    finally:
+        rec.close()
+
+
+def test_webhook_retried_until_receiver_recovers_and_uses_key_secret(tmp_path):
+    srv = start_server(
+        ServerConfig(data_dir=tmp_path, require_keys=True, webhook_backoff=0.1, webhook_max_seconds=20),
+        pipeline=FakePipeline(),
+    )
+    rec = Receiver(fail_first=2)
+    try:
+        created = srv.state.keys.create("hooks")
+        with srv.client(Authorization=f"Bearer {created.token}") as c:
+            job_id = _submit(c, rec.url).json()["id"]
+            assert rec.event.wait(15)
+            assert rec.attempts == 3
+            req = rec.requests[0]
+            h = req["headers"]
+            assert h["x-veil-attempt"] == "3"
+            assert verify_signature(created.key.secret, h["x-veil-timestamp"], req["body"], h["x-veil-signature"])
+            _wait_for(lambda: c.get(f"/api/v1/jobs/{job_id}").json()["webhook"] == {"status": "delivered", "attempts": 3})
+    finally:
+        rec.close()
+        srv.stop()
+
+
+def test_webhook_gives_up_after_bounded_time(tmp_path):
+    srv = start_server(
+        ServerConfig(data_dir=tmp_path, webhook_backoff=0.05, webhook_max_seconds=0.5),
+        pipeline=FakePipeline(),
+    )
+    rec = Receiver(fail_first=10_000)
+    try:
+        with srv.client() as c:
+            job_id = _submit(c, rec.url).json()["id"]
+            _wait_for(lambda: c.get(f"/api/v1/jobs/{job_id}").json().get("webhook", {}).get("status") == "failed")
+            assert 2 <= rec.attempts < 20
+            # the job itself is unaffected
+            assert wait_job(c, job_id)["status"] == "done"
+    finally:
+        rec.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/x",
+        "http://100.100.100.200/",
+        "http://[fd00:ec2::254]/",
+        "http://[::ffff:169.254.169.254]/",
+        "ftp://127.0.0.1/x",
+        "file:///etc/passwd",
+        "not a url",
+    ],
+)
+def test_refused_callback_urls(srv, url):
+    with srv.client() as c:
+        assert_problem(_submit(c, url), 422, "callback_url")
+
+
+def test_callback_url_rules():
+    # loopback/private only in open local mode (allow_local), metadata never without the flag
+    check_callback_url("http://127.0.0.1:9/x", allow_private=False, allow_local=True)
+    check_callback_url("http://10.0.0.5/x", allow_private=False, allow_local=True)
+    for url in ("http://127.0.0.1/x", "http://10.1.2.3/x", "http://192.168.1.1/x"):
+        with pytest.raises(WebhookURLError):
+            check_callback_url(url, allow_private=False, allow_local=False)
+    with pytest.raises(WebhookURLError):
+        check_callback_url("http://169.254.169.254/", allow_private=False, allow_local=True)
+    check_callback_url("http://169.254.169.254/", allow_private=True, allow_local=False)
+    check_callback_url("https://93.184.215.14/hook", allow_private=False, allow_local=False)
