@@ -223,7 +223,15 @@ def check_image(part: Part, index: int | None, max_pixels: int, field: str = "fi
             slug="unsupported-media-type",
             errors=[field_error(where, "not a JPEG, PNG, WEBP, HEIC or TIFF image")],
         )
-    size = header_size(part.data)
+    try:
+        size = header_size(part.data)
+    except _Bomb as exc:
+        raise Problem(
+            413,
+            f"{where}: refused as a possible decompression bomb ({exc})",
+            slug="image-too-large",
+            errors=[field_error(where, "possible decompression bomb")],
+        ) from None
     if size is not None:
         w, h = size
         try:
@@ -242,6 +250,10 @@ def check_image(part: Part, index: int | None, max_pixels: int, field: str = "fi
     return fmt
 
 
+class _Bomb(Exception):
+    pass
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from the image header, or ``None`` when it can't be read cheaply."""
     try:
@@ -254,12 +266,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header only
                 return int(im.size[0]), int(im.size[1])
         except Image.DecompressionBombError as exc:
-            raise Problem(
-                413,
-                f"refused as a possible decompression bomb: {exc}",
-                slug="image-too-large",
-                errors=[field_error("files", "possible decompression bomb")],
-            ) from None
+            raise _Bomb(str(exc)) from None
         except Exception:  # noqa: BLE001 - corrupt or exotic: leave the verdict to imageio
             return None
 

@@ -518,10 +518,11 @@ class _Builder:
                 break
         dtype = _attr(nd, "dtype", np.dtype(np.float32))
         shape = _attr(nd, "shape")
-        if shape is None:
-            for v in self.sig_inputs.values():
-                if self._key(v.get("name", "")) == f"{name}:0":
-                    shape = [int(d.get("size", -1)) for d in v.get("tensorShape", {}).get("dim", [])]
+        for v in self.sig_inputs.values():  # the signature may pin sizes the graph leaves open
+            if self._key(v.get("name", "")) == f"{name}:0":
+                sig = [int(d.get("size", -1)) for d in v.get("tensorShape", {}).get("dim", [])]
+                if shape is None or (len(sig) == len(shape) and any(d < 0 for d in shape)):
+                    shape = [a if a >= 0 else b for a, b in zip(shape or sig, sig)]
         dims: list = list(shape) if shape is not None else None  # type: ignore[assignment]
         if dims is not None:
             dims = [d if d >= 0 else ("batch" if i == 0 else f"d{i}") for i, d in enumerate(dims)]

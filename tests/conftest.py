@@ -1,0 +1,93 @@
+"""Shared fixtures: real sample photos from registry packages and the engine, loaded once.
+
+Photos come from scikit-image (``astronaut``), matplotlib (``grace_hopper.jpg``) and the
+ultralytics wheel (``bus.jpg``, ``zidane.jpg``: only those files are taken, the package is
+never installed). Everything is cached under ``$VEIL_HOME`` so a test session downloads
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("VEIL_HOME", str(Path(__file__).resolve().parents[1] / ".veil-home"))
+
+ULTRALYTICS = ("ultralytics", "8.3.0")
+ASSETS = {
+    "bus.jpg": "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
+    "zidane.jpg": "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
+}
+
+
+def _asset_dir() -> Path:
+    d = Path(os.environ["VEIL_HOME"]) / "test-assets"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _fetch_assets() -> Path:
+    d = _asset_dir()
+    if all((d / n).exists() for n in ASSETS):
+        return d
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, f"{ULTRALYTICS[0]}=={ULTRALYTICS[1]}"],
+            check=True,
+            capture_output=True,
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            for name, sha in ASSETS.items():
+                data = z.read(f"ultralytics/assets/{name}")
+                assert hashlib.sha256(data).hexdigest() == sha, name
+                (d / name).write_bytes(data)
+    return d
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Paths of real JPEG photos: astronaut, grace_hopper, bus, zidane."""
+    from matplotlib import cbook
+    from skimage import data as skdata
+
+    d = _fetch_assets()
+    astro = d / "astronaut.jpg"
+    if not astro.exists():
+        Image.fromarray(skdata.astronaut()).save(astro, quality=95)
+    hopper = d / "grace_hopper.jpg"
+    if not hopper.exists():
+        hopper.write_bytes(Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes())
+    return {"astronaut": astro, "grace_hopper": hopper, "bus": d / "bus.jpg", "zidane": d / "zidane.jpg"}
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The default-preset engine, with every model loaded once for the whole session."""
+    from veil.detection.engine import get_engine
+
+    eng = get_engine("balanced")
+    eng.warm_up()
+    return eng
+
+
+def rgb_of(path: Path) -> np.ndarray:
+    from veil.imageio import load_image
+
+    return load_image(path).rgb
+
+
+def jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=92, **kw)
+    return buf.getvalue()

@@ -1,0 +1,120 @@
+"""Real models on real photos: faces, people, the head signal, JSON output, orientation."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import rgb_of
+from veil.cli.main import app
+from veil.detection.boxes import iou_matrix, merge, nms
+from veil.detection.consistency import heads_without_faces
+from veil.detection.types import Detection
+
+
+def by_target(dets, target):
+    return [d for d in dets if d.target == target]
+
+
+def test_faces_found_on_portraits(engine, photos):
+    for name, expected in (("astronaut", 1), ("grace_hopper", 1), ("zidane", 2)):
+        rgb = rgb_of(photos[name])
+        faces = by_target(engine.detect(rgb, ("face",)), "face")
+        assert len(faces) >= expected, name
+        for f in faces:
+            x1, y1, x2, y2 = f.box
+            assert 0 <= x1 < x2 <= rgb.shape[1] and 0 <= y1 < y2 <= rgb.shape[0]
+            assert f.landmarks is not None and f.landmarks.shape == (5, 2)
+
+
+def test_astronaut_face_is_where_the_face_is(engine, photos):
+    faces = by_target(engine.detect(rgb_of(photos["astronaut"]), ("face",)), "face")
+    best = max(faces, key=lambda d: d.score)
+    # Eileen Collins' face in skimage's astronaut (512 x 512) spans about x 165-260, y 60-180.
+    assert iou_matrix(np.array([best.box]), np.array([[165, 60, 260, 180]]))[0, 0] > 0.4
+
+
+def test_people_found_in_street_photo(engine, photos):
+    rgb = rgb_of(photos["bus"])
+    persons = by_target(engine.detect(rgb, ("person",)), "person")
+    assert len(persons) >= 4
+    assert all(p.keypoints is not None and p.keypoints.shape == (17, 3) for p in persons)
+    assert all(p.height > p.width for p in persons if p.score > 0.5)
+
+
+def test_empty_image_finds_nothing(engine):
+    flat = np.full((480, 640, 3), 127, dtype=np.uint8)
+    assert engine.detect(flat) == []
+
+
+def test_head_signal_for_person_without_face():
+    person = Detection("person", 0.9, (100, 100, 200, 400))
+    face = Detection("face", 0.9, (130, 100, 170, 150))
+    assert heads_without_faces([person], [face]) == []
+    heads = heads_without_faces([person], [])
+    assert len(heads) == 1 and heads[0].target == "head"
+    hx1, hy1, hx2, hy2 = heads[0].box
+    assert hy1 <= 110 and hy2 < 200 and hx1 >= 100 and hx2 <= 200
+
+
+def test_head_signal_uses_keypoints():
+    kpts = np.zeros((17, 3), dtype=np.float32)
+    kpts[0] = (150, 130, 0.9)  # nose
+    kpts[1] = (145, 125, 0.9)
+    kpts[2] = (155, 125, 0.9)
+    person = Detection("person", 0.8, (100, 100, 200, 400), keypoints=kpts)
+    (head,) = heads_without_faces([person], [])
+    cx = (head.box[0] + head.box[2]) / 2
+    assert abs(cx - 150) < 5 and head.box[1] < 125 < head.box[3]
+    kpts[:5, 2] = 0.1  # head keypoints invisible: no head claimed
+    assert heads_without_faces([person], []) == []
+
+
+def test_nms_and_merge():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5)
+    assert keep.tolist() == [0, 2]
+    dets = [Detection("face", s, tuple(b)) for s, b in zip((0.9, 0.8, 0.7), boxes.tolist())]
+    merged = merge(dets, iou=0.5)
+    assert len(merged) == 2 and merged[0].extra["votes"] == 2 and merged[0].score > 0.9
+
+
+def test_cli_detect_json_in_upright_coordinates(tmp_path: Path, photos, engine):
+    upright = Image.open(photos["grace_hopper"])
+    # Store the photo rotated on its side with an EXIF tag saying how to turn it upright.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    f = tmp_path / "sub" / "sideways.jpg"
+    f.parent.mkdir()
+    stored.save(f, exif=exif, quality=95)
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "dets.json"
+    res = CliRunner().invoke(app, ["detect", "--targets", "face", "--json", str(out), str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    (img,) = data["images"]
+    assert img["path"] == str(f)
+    assert (img["width"], img["height"]) == upright.size
+    faces = [d for d in img["detections"] if d["target"] == "face"]
+    assert faces and set(faces[0]) >= {"target", "score", "box"}
+    ref = by_target(engine.detect(np.asarray(upright.convert("RGB")), ("face",)), "face")
+    best = max(faces, key=lambda d: d["score"])
+    assert iou_matrix(np.array([best["box"]]), np.array([d.box for d in ref])).max() > 0.8
+
+
+def test_cli_detect_bad_input_is_a_clean_error(tmp_path: Path):
+    bad = tmp_path / "fake.jpg"
+    bad.write_text("this is text")
+    res = CliRunner().invoke(app, ["detect", str(bad)])
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["detect", "--targets", "cats", str(bad)])
+    assert res.exit_code == 2 and "unknown target" in res.output
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "missing.jpg")])
+    assert res.exit_code != 0 and "no such file" in res.output

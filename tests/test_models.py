@@ -1,0 +1,74 @@
+"""The model store: pinned hashes, tamper detection, clear errors, licence restriction."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from veil.cli.main import app
+from veil.errors import ModelError
+from veil.models import MODELS, ModelStore, default_store, get_spec
+
+
+def test_every_record_is_pinned():
+    for spec in MODELS:
+        assert spec.registry in ("pypi", "npm")
+        assert spec.version and all(len(f.sha256) == 64 for f in spec.files)
+        assert spec.license
+
+
+def test_unknown_model_is_a_named_error():
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        get_spec("nope")
+
+
+def test_tampered_model_fails_verify(tmp_path: Path):
+    src = default_store()
+    src.path("yunet")  # fetched once per machine
+    store = ModelStore(home=tmp_path)
+    shutil.copytree(src.model_dir("yunet"), store.model_dir("yunet"))
+    assert store.verify("yunet") == (True, "ok")
+    onnx = store.model_dir("yunet") / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-10] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    ok, why = store.verify("yunet")
+    assert not ok and "modified" in why and "veil models fetch --force yunet" in why
+    (store.model_dir("yunet") / "src" / "face_detection_yunet_2023mar.onnx").write_bytes(b"x")
+    ok, why = store.verify("yunet")
+    assert not ok and "SHA-256" in why
+
+
+def test_verify_cli_exit_code(tmp_path: Path, monkeypatch):
+    cached = default_store().model_dir("yunet")
+    monkeypatch.setenv("VEIL_HOME", str(tmp_path))
+    res = CliRunner().invoke(app, ["models", "verify"])
+    assert res.exit_code == 0 and "no models fetched" in res.output
+    shutil.copytree(cached, tmp_path / "models" / "yunet")
+    (tmp_path / "models" / "yunet" / "model.onnx").write_bytes(b"broken")
+    res = CliRunner().invoke(app, ["models", "verify", "yunet"])
+    assert res.exit_code == 3 and "FAILED" in res.output
+
+
+def test_fetch_from_missing_package_version_is_clear(tmp_path: Path, monkeypatch):
+    from dataclasses import replace
+
+    import veil.models.registry as reg
+
+    bad = replace(get_spec("yunet"), name="yunet-missing", version="0.0.0.999")
+    monkeypatch.setattr(reg, "_BY_NAME", {**reg._BY_NAME, bad.name: bad})
+    store = ModelStore(home=tmp_path, notify=lambda m: None)
+    with pytest.raises(ModelError, match="could not download"):
+        store.path("yunet-missing")
+    assert not store.status("yunet-missing").ready
+
+
+def test_permissive_setting_refuses_copyleft_weights(monkeypatch):
+    monkeypatch.setenv("VEIL_LICENSES", "permissive")
+    with pytest.raises(ModelError, match="VEIL_LICENSES=permissive"):
+        default_store().path("plate-yolov8n")
+    res = CliRunner().invoke(app, ["models", "list"])
+    assert res.exit_code == 0 and "AGPL-3.0" in res.output and "disabled" in res.output
