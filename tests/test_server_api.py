@@ -10,7 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_server_support import (
     FAST,
     assert_problem,
@@ -197,3 +196,28 @@ def test_health_models_and_docs(client):
     assert client.get("/docs").status_code == 200
     assert_problem(client.get("/api/v1/nothing-here"), 404)
     assert_problem(client.get("/api/v1/jobs/j_doesnotexist"), 404)
+
+
+def test_formats_are_sniffed_not_taken_from_names(client):
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    src = Image.open(io.BytesIO(astronaut_jpeg())).convert("RGB").resize((256, 256))
+    encoded = []
+    for fmt in ("PNG", "WEBP", "TIFF", "HEIF"):
+        buf = io.BytesIO()
+        src.save(buf, fmt)
+        encoded.append(buf.getvalue())
+    # every file claims to be a JPEG; the server goes by content
+    r = client.post(
+        "/api/v1/jobs",
+        files=[("files", (f"lies{i}.jpg", data, "image/jpeg")) for i, data in enumerate(encoded)],
+        data={"options": json.dumps(FAST)},
+    )
+    assert r.status_code == 202, r.text
+    done = wait_job(client, r.json()["id"])
+    assert [i["status"] for i in done["images"]] == ["done"] * 4, done
+    types = [i["content_type"] for i in done["images"]]
+    assert types[:3] == ["image/png", "image/webp", "image/tiff"] and types[3] in ("image/heif", "image/heic")
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/jobs/{done['id']}/archive").content)).namelist()
+    assert names == ["0001.png", "0002.webp", "0003.tif", "0004.heic"]

@@ -7,9 +7,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_server_support import (
+    FakePipeline,
+    assert_problem,
+    start_server,
+    tiny_png,
+    wait_job,
+)
 from typer.testing import CliRunner
 
-from test_server_support import FakePipeline, assert_problem, start_server, tiny_png, wait_job
 from veil.server.config import ServerConfig, ServerLimits
 from veil.server.keys import hash_key
 

@@ -7,8 +7,14 @@ import time
 import zipfile
 
 import pytest
+from test_server_support import (
+    FakePipeline,
+    assert_problem,
+    start_server,
+    tiny_png,
+    wait_job,
+)
 
-from test_server_support import FakePipeline, assert_problem, start_server, tiny_png, wait_job
 from veil.server.config import ServerConfig
 from veil.server.queue import JobQueue, QueueFull, ThreadPoolQueue
 from veil.server.uploads import safe_stem, sniff_format

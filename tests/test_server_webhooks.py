@@ -7,8 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_server_support import (
+    FakePipeline,
+    Receiver,
+    assert_problem,
+    start_server,
+    tiny_png,
+    wait_job,
+)
 
-from test_server_support import FakePipeline, Receiver, assert_problem, start_server, tiny_png, wait_job
 from veil.server.config import ServerConfig
 from veil.server.webhooks import (
     WebhookURLError,

@@ -3,7 +3,9 @@
 A labelled box is *covered* when the union of the predicted boxes of its target covers at
 least half of its area: anonymization cares about pixels hidden, not box IoU. Precision
 (only meaningful where labels are complete) counts predicted boxes that overlap a
-labelled or ignore box by IoU >= 0.3.
+labelled box by IoU >= 0.3; a prediction lying at least half inside an ignore (COCO
+crowd) region counts as neither right nor wrong, as in COCO's own crowd handling: a
+crowd region is many people, each of whom may be found.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ BUCKETS: tuple[tuple[str, float, float], ...] = (
 )
 COVER = 0.5
 MATCH_IOU = 0.3
+CROWD_INSIDE = 0.5
 _GRID = 64  # raster resolution per labelled box for the union-coverage test
 
 
@@ -43,6 +46,17 @@ def covered_fraction(label: np.ndarray, preds: np.ndarray) -> float:
     return float(hit.mean())
 
 
+def inside_fraction(preds: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Share of each predicted box's area inside each region, ``(N, M)``."""
+    x1 = np.maximum(preds[:, None, 0], regions[None, :, 0])
+    y1 = np.maximum(preds[:, None, 1], regions[None, :, 1])
+    x2 = np.minimum(preds[:, None, 2], regions[None, :, 2])
+    y2 = np.minimum(preds[:, None, 3], regions[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (preds[:, 2] - preds[:, 0]) * (preds[:, 3] - preds[:, 1])
+    return inter / np.maximum(area[:, None], 1e-9)
+
+
 @dataclass
 class TargetScore:
     """Running totals for one target."""
@@ -51,12 +65,21 @@ class TargetScore:
     covered: int = 0
     by_bucket: dict[str, list[int]] = field(default_factory=lambda: {b[0]: [0, 0] for b in BUCKETS})
     predicted: int = 0
+    scored: int = 0  # predictions that count for precision (not inside a crowd region)
     matched: int = 0
     images: int = 0
 
     def add(self, labels: np.ndarray, ignore: np.ndarray, preds: np.ndarray) -> None:
         self.images += 1
+        if len(preds) and len(ignore):
+            preds_in_crowd = inside_fraction(preds, ignore).max(1) >= CROWD_INSIDE
+            matched = iou_matrix(preds, labels).max(1) >= MATCH_IOU if len(labels) else np.zeros(len(preds), bool)
+            # a crowd prediction that also matches a labelled person still counts as right
+            preds_scored = preds[~preds_in_crowd | matched]
+        else:
+            preds_scored = preds
         self.predicted += len(preds)
+        self.scored += len(preds_scored)
         for box in labels:
             ok = covered_fraction(box, preds) >= COVER
             self.labelled += 1
@@ -66,10 +89,8 @@ class TargetScore:
                 if lo <= h < hi:
                     self.by_bucket[name][0] += ok
                     self.by_bucket[name][1] += 1
-        if len(preds):
-            ref = np.concatenate([labels, ignore]) if len(ignore) else labels
-            if len(ref):
-                self.matched += int((iou_matrix(preds, ref).max(1) >= MATCH_IOU).sum())
+        if len(preds_scored) and len(labels):
+            self.matched += int((iou_matrix(preds_scored, labels).max(1) >= MATCH_IOU).sum())
 
     @property
     def recall(self) -> float:
@@ -85,7 +106,7 @@ class TargetScore:
 
     @property
     def precision(self) -> float:
-        return self.matched / self.predicted if self.predicted else float("nan")
+        return self.matched / self.scored if self.scored else float("nan")
 
     @property
     def boxes_per_image(self) -> float:

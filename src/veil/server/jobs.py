@@ -117,8 +117,11 @@ class Pipeline:
 
     def available(self) -> bool:
         try:
-            self.fn
+            _ = self.fn
         except ImportError:
+            return False
+        except Exception:  # noqa: BLE001 - a broken install must not take /health down
+            log.exception("cannot load the pipeline")
             return False
         return True
 
@@ -202,6 +205,11 @@ class JobManager:
             self._forget(r["id"])
         return len(rows)
 
+    def _require_pipeline(self) -> None:
+        if not self.pipeline.available():
+            raise Problem(503, "the anonymization pipeline is not installed on this server", slug="pipeline-unavailable",
+                          headers={"Retry-After": "60"})
+
     @property
     def held_bytes(self) -> int:
         with self._lock:
@@ -222,6 +230,7 @@ class JobManager:
         delete_after_download: bool,
         base_url: str,
     ) -> dict[str, Any]:
+        self._require_pipeline()
         n = len(uploads)
         incoming = sum(len(u.data) for u in uploads)
         # Results are about as large as originals: reserve room for both.
@@ -305,41 +314,51 @@ class JobManager:
         for idx, slot in enumerate(state.slots):
             if self.queue.is_cancelled(job_id) or not self._alive(job_id):
                 return
-            with state.lock:
-                data, slot.original = slot.original, None  # the worker now owns the only reference
-            if data is None:  # deleted while queued
-                continue
-            self.store.execute(
-                "UPDATE images SET status = 'processing' WHERE job_id = ? AND idx = ? AND status = 'queued'", (job_id, idx)
-            )
-            try:
-                result = self.pipeline(data, state.options)
-            except (ImageError, OptionsError, ModelError, VeilError) as exc:
-                self._image_failed(job_id, idx, str(exc), len(data))
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must not take the worker down
-                log.exception("job %s image %d: pipeline crashed", job_id, idx)
-                self._image_failed(job_id, idx, f"internal error ({type(exc).__name__})", len(data))
-                continue
-            out, ctype, fmt = bytes(result.data), result.content_type, result.format
-            counts = detection_counts(result.report)
-            digest = hashlib.sha256(out).hexdigest()
-            with state.lock:  # serialised with _forget/_drop_image, so the byte count stays exact
-                if not self._alive(job_id):
-                    self._adjust_held(-len(data))
-                    return
-                if slot.deleted:  # deleted while it was being processed
-                    self._adjust_held(-len(data))
-                    continue
-                slot.result, slot.content_type, slot.format = out, ctype, fmt
-                self._adjust_held(len(out) - len(data))
-            del data, result
-            self.store.execute(
-                "UPDATE images SET status = 'done', detections = ?, content_type = ?, format = ?, size = ?, sha256 = ? "
-                "WHERE job_id = ? AND idx = ? AND status != 'deleted'",
-                (dumps(counts), ctype, fmt, len(out), digest, job_id, idx),
-            )
+            if not self._process_image(state, idx, slot):
+                return
         self._finish(state)
+
+    def _process_image(self, state: _JobState, idx: int, slot: _Slot) -> bool:
+        """Run one image; its original is unreachable once this returns. ``False``: job gone."""
+        job_id = state.id
+        with state.lock:
+            data, slot.original = slot.original, None  # the worker now owns the only reference
+        if data is None:  # deleted while queued
+            return True
+        size = len(data)
+        self.store.execute(
+            "UPDATE images SET status = 'processing' WHERE job_id = ? AND idx = ? AND status = 'queued'", (job_id, idx)
+        )
+        try:
+            result = self.pipeline(data, state.options)
+        except (ImageError, OptionsError, ModelError, VeilError) as exc:
+            self._image_failed(job_id, idx, str(exc), size)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the worker down
+            log.exception("job %s image %d: pipeline crashed", job_id, idx)
+            self._image_failed(job_id, idx, f"internal error ({type(exc).__name__})", size)
+            return True
+        finally:
+            del data
+        out, ctype, fmt = bytes(result.data), result.content_type, result.format
+        counts = detection_counts(result.report)
+        del result
+        digest = hashlib.sha256(out).hexdigest()
+        with state.lock:  # serialised with _forget/_drop_image, so the byte count stays exact
+            if not self._alive(job_id):
+                self._adjust_held(-size)
+                return False
+            if slot.deleted:  # deleted while it was being processed
+                self._adjust_held(-size)
+                return True
+            slot.result, slot.content_type, slot.format = out, ctype, fmt
+            self._adjust_held(len(out) - size)
+        self.store.execute(
+            "UPDATE images SET status = 'done', detections = ?, content_type = ?, format = ?, size = ?, sha256 = ? "
+            "WHERE job_id = ? AND idx = ? AND status != 'deleted'",
+            (dumps(counts), ctype, fmt, len(out), digest, job_id, idx),
+        )
+        return True
 
     def _alive(self, job_id: str) -> bool:
         with self._lock:
@@ -569,6 +588,7 @@ class JobManager:
         regions: list | None = None,
     ) -> Any:
         """Anonymize one image now (``/anonymize``, ``/render``); bounded concurrency, audited."""
+        self._require_pipeline()
         if not self._sync_slots.acquire(timeout=self.config.sync_wait):
             raise Problem(503, "all synchronous slots are busy; retry later", slug="server-busy",
                           headers={"Retry-After": "5"})

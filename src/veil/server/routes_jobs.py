@@ -104,6 +104,11 @@ def reject_unknown_fields(form: Form, allowed: set[str]) -> None:
         )
 
 
+def _check_all(parts: list, max_pixels: int) -> None:
+    for i, p in enumerate(parts):
+        check_image(p, i, max_pixels)
+
+
 @router.post(
     "/jobs",
     status_code=202,
@@ -135,8 +140,7 @@ async def create_job(request: Request, who: Principal = Depends(principal)) -> J
             )
         except WebhookURLError as exc:
             raise Problem(422, str(exc), slug="invalid-callback-url", errors=[field_error("callback_url", str(exc))]) from None
-    for i, p in enumerate(parts):
-        check_image(p, i, lim.max_pixels)
+    await run_in_threadpool(_check_all, parts, lim.max_pixels)
     uploads = [Upload(p.data, p.filename) for p in parts]
     del form, parts
     body = await run_in_threadpool(

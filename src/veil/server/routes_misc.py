@@ -71,7 +71,9 @@ async def _read_single(request: Request, extra_fields: set[str]) -> tuple[Part, 
     if ctype.startswith("multipart/"):
         form = await read_multipart(
             request,
-            UploadLimits(min(lim.max_request_bytes, lim.max_file_bytes + 4 * 1024 * 1024), lim.max_file_bytes, 1, file_field="file"),
+            UploadLimits(
+                min(lim.max_request_bytes, lim.max_file_bytes + 4 * 1024 * 1024), lim.max_file_bytes, 1, file_field="file"
+            ),
         )
         reject_unknown_fields(form, {"file", "options"} | extra_fields)
         files = form.files("file")
@@ -104,7 +106,7 @@ async def anonymize(
 ) -> Response:
     state = get_state(request)
     part, fields = await _read_single(request, set())
-    check_image(part, None, state.config.limits.max_pixels, field="file")
+    await run_in_threadpool(check_image, part, None, state.config.limits.max_pixels, "file")
     opts = parse_options(fields.get("options") if fields.get("options") is not None else options)
     result = await run_in_threadpool(state.jobs.run_sync, part.data, opts, who, event="anonymize")
     return _image_response(result, "anonymized")
@@ -177,7 +179,7 @@ async def render(request: Request, who: Principal = Depends(principal)) -> Respo
         raise Problem(415, "send multipart/form-data with 'file' and 'regions'", slug="unsupported-media-type")
     part, fields = await _read_single(request, {"regions"})
     regions = parse_regions(fields.get("regions"), state.config.limits.max_regions)
-    check_image(part, None, state.config.limits.max_pixels, field="file")
+    await run_in_threadpool(check_image, part, None, state.config.limits.max_pixels, "file")
     opts = parse_options(fields.get("options"))
     result = await run_in_threadpool(state.jobs.run_sync, part.data, opts, who, event="render", regions=regions)
     return _image_response(result, "rendered")

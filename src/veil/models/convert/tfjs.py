@@ -162,7 +162,6 @@ def _decode_s(v: str) -> str:
 def _tensor_attr(t: dict) -> np.ndarray:
     dt = _TF_DTYPES.get(t.get("dtype", "DT_FLOAT"), np.dtype(np.float32))
     dims = [int(d.get("size", 0)) for d in t.get("tensorShape", {}).get("dim", [])]
-    n = int(np.prod(dims)) if dims else 1
     if "tensorContent" in t:
         return np.frombuffer(base64.b64decode(t["tensorContent"]), dt).reshape(dims).copy()
     for key in ("floatVal", "doubleVal", "intVal", "int64Val", "boolVal", "halfVal"):
@@ -176,7 +175,7 @@ def _tensor_attr(t: dict) -> np.ndarray:
             return np.broadcast_to(arr, dims).copy() if arr.size == 1 else arr.reshape(dims)
     if "stringVal" in t:
         return np.array([base64.b64decode(s) for s in t["stringVal"]], dtype=object).reshape(dims)
-    return np.zeros(dims, dt) if n == 0 or not dims else np.zeros(dims, dt)
+    return np.zeros(dims, dt)  # a proto without values is all zeros
 
 
 def _attr(node: dict, key: str, default: Any = None) -> Any:
@@ -418,6 +417,7 @@ class _Builder:
             consumed = {k.rsplit(":", 1)[0] for k in self.consumers}
             out_refs = [n for n, v in self.nodes_json.items() if n not in consumed and v["op"] not in ("Const", "NoOp")]
         out_keys = [self._key(r) for r in out_refs]
+        self.used.update(r if ":" in r else f"{r}:0" for r in out_refs)  # reserve the output names
         for name in self.order([k.rsplit(":", 1)[0] for k in out_keys]):
             nd = self.nodes_json[name]
             op = nd["op"]
@@ -440,7 +440,6 @@ class _Builder:
             t = self.tensors[key]
             oname = ref if ":" in ref else f"{ref}:0"
             src = self.materialize(t, oname)
-            self.used.add(oname)
             self.nodes.append(helper.make_node("Identity", [src], [oname], name=self.uniq(f"{oname}/out")))
             dims = None if t.rank is None else [None] * t.rank  # filled in by shape inference
             graph_outputs.append(helper.make_tensor_value_info(oname, _ONNX_DTYPE[t.dtype], dims))
@@ -478,7 +477,7 @@ class _Builder:
         r = len(shape) if shape is not None else None
         perm: Perm = None
         for t in ins:
-            if not t.is_const and t.perm is not None and t.rank == r:
+            if r is not None and not t.is_const and t.perm is not None and t.rank == r:
                 perm = t.perm
                 break
         if perm is not None:
@@ -1434,6 +1433,26 @@ class _Builder:
                 shape = [x.shape[0], -1, -1, x.shape[3]]
         out = self.node("Resize", [src, "", "", sizes], nd["name"], **attrs)[0]
         return _T(out, perm=NCHW, shape=shape, dtype=x.dtype)
+
+    def _depth_space(self, nd, ins, op):
+        x = ins[0]
+        bs = int(_attr(nd, "block_size"))
+        if _attr(nd, "data_format", "NHWC") != "NHWC":
+            raise ConversionError(f"{op} supports NHWC only")
+        out = self.node(op, [self.in_perm(x, NCHW)], nd["name"], blocksize=bs,
+                        **({"mode": "DCR"} if op == "DepthToSpace" else {}))[0]
+        shape = None
+        if x.shape is not None:
+            n, h, w, c = x.shape
+            f = bs if op == "DepthToSpace" else 1 / bs
+            shape = [n, int(h * f) if h >= 0 else -1, int(w * f) if w >= 0 else -1, int(c / f / f) if c >= 0 else -1]
+        return _T(out, perm=NCHW, shape=shape, dtype=x.dtype)
+
+    def op_DepthToSpace(self, nd, ins):
+        return self._depth_space(nd, ins, "DepthToSpace")
+
+    def op_SpaceToDepth(self, nd, ins):
+        return self._depth_space(nd, ins, "SpaceToDepth")
 
     def op_ResizeBilinear(self, nd, ins):
         return self._resize(nd, ins, "linear")

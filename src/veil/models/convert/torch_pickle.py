@@ -20,8 +20,9 @@ global to something inert:
   ``_buffers`` and plain attributes (``f``, ``i``, ``stride``, ``eps``...), which is
   all a converter needs to walk the network.
 
-No code from the file is executed, so loading an untrusted checkpoint is safe (apart from
-the memory its declared tensors take, which is bounded by the archive's own size).
+No code from the file is executed, so loading an untrusted checkpoint is safe; memory is
+bounded too (a tensor may not hold more elements than its storage, and the archive's
+declared uncompressed size is capped by ``max_bytes``).
 Floating-point tensors are returned as float32 numpy arrays (fp16 storages are widened),
 integer/bool tensors keep their dtype.
 """
@@ -37,7 +38,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Stub", "StubRef", "load_checkpoint", "class_name", "children", "params", "buffers"]
+__all__ = [
+    "Stub",
+    "StubRef",
+    "buffers",
+    "children",
+    "class_name",
+    "load_checkpoint",
+    "params",
+]
 
 
 # torch storage class name -> numpy dtype of its raw bytes
@@ -81,7 +90,7 @@ class Stub:
     _stub_module = ""
     _stub_name = ""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:  # noqa: PYI034
         obj = object.__new__(cls)
         obj.__dict__["_stub_args"] = args
         return obj
@@ -155,14 +164,23 @@ def _as_tensor(storage: np.ndarray, offset: int, size: Any, stride: Any) -> np.n
     stride = tuple(int(s) for s in stride)
     item = storage.dtype.itemsize
     n = int(np.prod(size)) if size else 1
+    if n > max(storage.size, 1):  # overlapping (expanded) views could be a memory bomb
+        raise pickle.UnpicklingError("tensor has more elements than its storage")
     if n == 0:
         arr = np.zeros(size, dtype=storage.dtype)
     else:
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if size else offset
+        last = (
+            offset + sum((s - 1) * st for s, st in zip(size, stride))
+            if size
+            else offset
+        )
         if offset < 0 or last >= storage.size or any(st < 0 for st in stride):
             raise pickle.UnpicklingError("tensor view lies outside its storage")
         arr = np.lib.stride_tricks.as_strided(
-            storage[offset:], shape=size, strides=tuple(st * item for st in stride), writeable=False
+            storage[offset:],
+            shape=size,
+            strides=tuple(st * item for st in stride),
+            writeable=False,
         )
         arr = np.array(arr, copy=True)
     if arr.dtype.kind == "f" and arr.dtype != np.float32:
@@ -170,12 +188,33 @@ def _as_tensor(storage: np.ndarray, offset: int, size: Any, stride: Any) -> np.n
     return arr
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage,
+    storage_offset,
+    size,
+    stride,
+    requires_grad=False,
+    backward_hooks=None,
+    metadata=None,
+):
     return _as_tensor(storage, int(storage_offset), size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
-    if isinstance(dtype, _StorageType) and storage.dtype == np.uint8 and dtype.dtype != storage.dtype:
+def _rebuild_tensor_v3(
+    storage,
+    storage_offset,
+    size,
+    stride,
+    requires_grad,
+    backward_hooks,
+    dtype,
+    metadata=None,
+):
+    if (
+        isinstance(dtype, _StorageType)
+        and storage.dtype == np.uint8
+        and dtype.dtype != storage.dtype
+    ):
         storage = storage.view(dtype.dtype)
     return _as_tensor(storage, int(storage_offset), size, stride)
 
@@ -194,7 +233,12 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     return Stub()
 
 
-_REBUILDERS = {_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter, _rebuild_parameter_with_state}
+_REBUILDERS = {
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_parameter,
+    _rebuild_parameter_with_state,
+}
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -216,7 +260,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, zf: zipfile.ZipFile, prefix: str, byteorder: str) -> None:
+    def __init__(
+        self, file: io.BufferedIOBase, zf: zipfile.ZipFile, prefix: str, byteorder: str
+    ) -> None:
         super().__init__(file)
         self._zf = zf
         self._prefix = prefix
@@ -234,7 +280,12 @@ class _SafeUnpickler(pickle.Unpickler):
         key = (module, name)
         cls = self._stubs.get(key)
         if cls is None:
-            safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name.split(".")[-1]) or "Stub"
+            safe = (
+                "".join(
+                    c if c.isalnum() or c == "_" else "_" for c in name.split(".")[-1]
+                )
+                or "Stub"
+            )
             cls = type(safe, (Stub,), {"_stub_module": module, "_stub_name": name})
             self._stubs[key] = cls
         return cls
@@ -265,22 +316,36 @@ class _SafeUnpickler(pickle.Unpickler):
         return arr
 
 
-def load_checkpoint(path: str | Path) -> Any:
+def load_checkpoint(path: str | Path, max_bytes: int = 2 << 30) -> Any:
     """Unpickle a torch zip checkpoint safely; tensors become numpy arrays (floats as float32).
 
-    Raises ``ValueError`` for a file that is not a torch zip checkpoint.
+    Raises ``ValueError`` for a file that is not a torch zip checkpoint or whose members
+    would unpack to more than ``max_bytes``; ``pickle.UnpicklingError`` for a corrupt one.
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a torch zip checkpoint (legacy non-zip .pt files are not supported)")
+        raise ValueError(
+            f"{path}: not a torch zip checkpoint (legacy non-zip .pt files are not supported)"
+        )
     with zipfile.ZipFile(path) as zf:
-        pkls = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        pkls = [
+            n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1
+        ]
         if len(pkls) != 1:
-            raise ValueError(f"{path}: expected one <prefix>/data.pkl, found {len(pkls)}")
+            raise ValueError(
+                f"{path}: expected one <prefix>/data.pkl, found {len(pkls)}"
+            )
         prefix = pkls[0][: -len("data.pkl")]
+        if sum(info.file_size for info in zf.infolist()) > max_bytes:
+            raise ValueError(
+                f"{path}: checkpoint unpacks to more than {max_bytes} bytes"
+            )
         byteorder = "little"
         if f"{prefix}byteorder" in zf.namelist():
-            byteorder = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip() or "little"
+            byteorder = (
+                zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+                or "little"
+            )
         with zf.open(pkls[0]) as fh:
             data = io.BytesIO(fh.read())
         return _SafeUnpickler(data, zf, prefix, byteorder).load()
@@ -301,8 +366,14 @@ def children(obj: Any) -> dict[str, Any]:
 
 
 def params(obj: Any) -> dict[str, np.ndarray]:
-    return {k: v for k, v in (obj.__dict__.get("_parameters") or {}).items() if v is not None}
+    return {
+        k: v
+        for k, v in (obj.__dict__.get("_parameters") or {}).items()
+        if v is not None
+    }
 
 
 def buffers(obj: Any) -> dict[str, np.ndarray]:
-    return {k: v for k, v in (obj.__dict__.get("_buffers") or {}).items() if v is not None}
+    return {
+        k: v for k, v in (obj.__dict__.get("_buffers") or {}).items() if v is not None
+    }

@@ -37,9 +37,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from veil.errors import ModelError
-from veil.models.convert.torch_pickle import buffers, children, class_name, load_checkpoint, params
+from veil.models.convert.torch_pickle import (
+    buffers,
+    children,
+    class_name,
+    load_checkpoint,
+    params,
+)
 
-__all__ = ["convert", "build_model"]
+__all__ = ["build_model", "convert"]
 
 OPSET = 17
 
@@ -69,9 +75,15 @@ class _Graph:
             self._consts[key] = name
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs: Any) -> Any:
+    def op(
+        self, op_type: str, inputs: list[str], outputs: int = 1, **attrs: Any
+    ) -> Any:
         outs = [self.name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type), **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op_type, inputs, outs, name=self.name("n_" + op_type), **attrs
+            )
+        )
         return outs[0] if outputs == 1 else outs
 
 
@@ -105,8 +117,16 @@ def _conv2d(g: _Graph, conv: Any, x: str, bn: Any = None) -> str:
         bp, bb = params(bn), buffers(bn)
         mean = np.asarray(bb["running_mean"], dtype=np.float64)
         var = np.asarray(bb["running_var"], dtype=np.float64)
-        gamma = np.asarray(bp["weight"], dtype=np.float64) if "weight" in bp else np.ones_like(mean)
-        beta = np.asarray(bp["bias"], dtype=np.float64) if "bias" in bp else np.zeros_like(mean)
+        gamma = (
+            np.asarray(bp["weight"], dtype=np.float64)
+            if "weight" in bp
+            else np.ones_like(mean)
+        )
+        beta = (
+            np.asarray(bp["bias"], dtype=np.float64)
+            if "bias" in bp
+            else np.zeros_like(mean)
+        )
         scale = gamma / np.sqrt(var + float(getattr(bn, "eps", 1e-5)))
         w = w * scale[:, None, None, None]
         b = (b - mean) * scale + beta
@@ -146,7 +166,9 @@ def _conv_block(g: _Graph, m: Any, x: str) -> str:
 
 
 def _split(g: _Graph, x: str, sizes: list[int]) -> list[str]:
-    outs = g.op("Split", [x, g.const(sizes, "split", np.int64)], outputs=len(sizes), axis=1)
+    outs = g.op(
+        "Split", [x, g.const(sizes, "split", np.int64)], outputs=len(sizes), axis=1
+    )
     return list(outs) if isinstance(outs, list) else [outs]
 
 
@@ -160,7 +182,9 @@ def _bottleneck(g: _Graph, m: Any, x: str) -> str:
     return g.op("Add", [x, y]) if getattr(m, "add", False) else y
 
 
-def _c2f(g: _Graph, m: Any, x: str) -> str:  # also C3k2 (a C2f whose m holds C3k/Bottleneck)
+def _c2f(
+    g: _Graph, m: Any, x: str
+) -> str:  # also C3k2 (a C2f whose m holds C3k/Bottleneck)
     c = children(m)
     half = _out_channels(c["cv1"]) // 2
     ys = _split(g, _conv_block(g, c["cv1"], x), [half, half])
@@ -172,7 +196,9 @@ def _c2f(g: _Graph, m: Any, x: str) -> str:  # also C3k2 (a C2f whose m holds C3
 def _c3(g: _Graph, m: Any, x: str) -> str:  # C3 and C3k
     c = children(m)
     a = _module(g, c["m"], _conv_block(g, c["cv1"], x))
-    return _conv_block(g, c["cv3"], g.op("Concat", [a, _conv_block(g, c["cv2"], x)], axis=1))
+    return _conv_block(
+        g, c["cv3"], g.op("Concat", [a, _conv_block(g, c["cv2"], x)], axis=1)
+    )
 
 
 def _sppf(g: _Graph, m: Any, x: str) -> str:
@@ -181,11 +207,22 @@ def _sppf(g: _Graph, m: Any, x: str) -> str:
     k = _pair(getattr(pool, "kernel_size", 5))
     s = _pair(getattr(pool, "stride", None) or k)
     p = _pair(getattr(pool, "padding", 0))
-    if getattr(pool, "ceil_mode", False) or _pair(getattr(pool, "dilation", 1)) != (1, 1):
+    if getattr(pool, "ceil_mode", False) or _pair(getattr(pool, "dilation", 1)) != (
+        1,
+        1,
+    ):
         raise ModelError("SPPF MaxPool2d with ceil_mode/dilation is not supported")
     ys = [_conv_block(g, c["cv1"], x)]
     for _ in range(int(getattr(m, "n", 3))):
-        ys.append(g.op("MaxPool", [ys[-1]], kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]]))
+        ys.append(
+            g.op(
+                "MaxPool",
+                [ys[-1]],
+                kernel_shape=list(k),
+                strides=list(s),
+                pads=[p[0], p[1], p[0], p[1]],
+            )
+        )
     y = _conv_block(g, c["cv2"], g.op("Concat", ys, axis=1))
     return g.op("Add", [y, x]) if getattr(m, "add", False) else y
 
@@ -197,10 +234,16 @@ def _attention(g: _Graph, m: Any, x: str) -> str:
     shape = g.op("Shape", [x])  # B, C, H, W
     qkv = _conv_block(g, c["qkv"], x)
     qkv = g.op("Reshape", [qkv, g.const([0, nh, 2 * kd + hd, -1], "shape", np.int64)])
-    q, k, v = g.op("Split", [qkv, g.const([kd, kd, hd], "split", np.int64)], outputs=3, axis=2)
-    qt = g.op("Transpose", [g.op("Mul", [q, g.const(scale, "scale")])], perm=[0, 1, 3, 2])
+    q, k, v = g.op(
+        "Split", [qkv, g.const([kd, kd, hd], "split", np.int64)], outputs=3, axis=2
+    )
+    qt = g.op(
+        "Transpose", [g.op("Mul", [q, g.const(scale, "scale")])], perm=[0, 1, 3, 2]
+    )
     attn = g.op("Softmax", [g.op("MatMul", [qt, k])], axis=-1)  # B, nh, N, N
-    out = g.op("MatMul", [v, g.op("Transpose", [attn], perm=[0, 1, 3, 2])])  # B, nh, hd, N
+    out = g.op(
+        "MatMul", [v, g.op("Transpose", [attn], perm=[0, 1, 3, 2])]
+    )  # B, nh, hd, N
     out = g.op("Reshape", [out, shape])
     pe = _conv_block(g, c["pe"], g.op("Reshape", [v, shape]))
     return _conv_block(g, c["proj"], g.op("Add", [out, pe]))
@@ -224,7 +267,10 @@ def _c2psa(g: _Graph, m: Any, x: str) -> str:
 
 
 def _upsample(g: _Graph, m: Any, x: str) -> str:
-    if getattr(m, "mode", "nearest") != "nearest" or getattr(m, "size", None) is not None:
+    if (
+        getattr(m, "mode", "nearest") != "nearest"
+        or getattr(m, "size", None) is not None
+    ):
         raise ModelError("only nearest Upsample with a scale factor is supported")
     sh, sw = (float(v) for v in _pair_f(m.scale_factor))
     return g.op(
@@ -294,10 +340,14 @@ def _anchors(g: _Graph, feats: list[str], strides: list[float]) -> tuple[str, st
         sx = g.op("Range", [half, g.op("Add", [w, half]), one])  # [w]
         zx = g.op("Unsqueeze", [g.op("Mul", [sx, zero]), ax0])  # [1, w] zeros
         zy = g.op("Unsqueeze", [g.op("Mul", [sy, zero]), ax1])  # [h, 1] zeros
-        gx = g.op("Reshape", [g.op("Add", [g.op("Unsqueeze", [sx, ax0]), zy]), flat])  # [1, h*w]
+        gx = g.op(
+            "Reshape", [g.op("Add", [g.op("Unsqueeze", [sx, ax0]), zy]), flat]
+        )  # [1, h*w]
         gy = g.op("Reshape", [g.op("Add", [g.op("Unsqueeze", [sy, ax1]), zx]), flat])
         anchors.append(g.op("Concat", [gx, gy], axis=0))
-        strides_out.append(g.op("Add", [g.op("Mul", [gx, zero]), g.const(float(stride), "stride")]))
+        strides_out.append(
+            g.op("Add", [g.op("Mul", [gx, zero]), g.const(float(stride), "stride")])
+        )
     return g.op("Concat", anchors, axis=1), g.op("Concat", strides_out, axis=1)
 
 
@@ -309,12 +359,20 @@ def _branch(g: _Graph, heads: Any, feats: list[str], channels: int) -> str:
     return g.op("Concat", outs, axis=2)
 
 
-def _head(g: _Graph, det: Any, feats: list[str], strides: list[float]) -> tuple[str, str]:
+def _head(
+    g: _Graph, det: Any, feats: list[str], strides: list[float]
+) -> tuple[str, str]:
     kind = class_name(det)
     c = children(det)
     nc, reg_max = int(det.nc), int(getattr(det, "reg_max", 16))
-    if len(feats) != int(getattr(det, "nl", len(feats))) or "cv2" not in c or "cv3" not in c:
-        raise ModelError(f"{kind} head without one-to-many cv2/cv3 branches is not supported")
+    if (
+        len(feats) != int(getattr(det, "nl", len(feats)))
+        or "cv2" not in c
+        or "cv3" not in c
+    ):
+        raise ModelError(
+            f"{kind} head without one-to-many cv2/cv3 branches is not supported"
+        )
     anchors, stride_t = _anchors(g, feats, strides)
 
     box = _branch(g, c["cv2"], feats, 4 * reg_max)  # B, 4*reg_max, N
@@ -323,10 +381,20 @@ def _head(g: _Graph, det: Any, feats: list[str], strides: list[float]) -> tuple[
         dfl = c.get("dfl")
         if dfl is not None and "conv" in children(dfl):
             dfl_w = params(children(dfl)["conv"]).get("weight")
-        bins = np.arange(reg_max, dtype=np.float32) if dfl_w is None else np.asarray(dfl_w, np.float32).reshape(-1)
-        prob = g.op("Softmax", [g.op("Reshape", [box, g.const([0, 4, reg_max, -1], "shape", np.int64)])], axis=2)
+        bins = (
+            np.arange(reg_max, dtype=np.float32)
+            if dfl_w is None
+            else np.asarray(dfl_w, np.float32).reshape(-1)
+        )
+        prob = g.op(
+            "Softmax",
+            [g.op("Reshape", [box, g.const([0, 4, reg_max, -1], "shape", np.int64)])],
+            axis=2,
+        )
         dist = g.op("Mul", [prob, g.const(bins.reshape(1, 1, reg_max, 1), "dfl")])
-        dist = g.op("ReduceSum", [dist, g.const([2], "axes", np.int64)], keepdims=0)  # B, 4, N
+        dist = g.op(
+            "ReduceSum", [dist, g.const([2], "axes", np.int64)], keepdims=0
+        )  # B, 4, N
     else:
         dist = box
     lt, rb = _split(g, dist, [2, 2])
@@ -347,9 +415,14 @@ def _head(g: _Graph, det: Any, feats: list[str], strides: list[float]) -> tuple[
         ax2 = g.const([2], "axes", np.int64)
         xy = g.op("Slice", [kpt, g.const([0], "i", np.int64), two, ax2])
         grid = g.op("Sub", [anchors, g.const(0.5, "half")])
-        xy = g.op("Mul", [g.op("Add", [g.op("Mul", [xy, g.const(2.0, "two")]), grid]), stride_t])
+        xy = g.op(
+            "Mul",
+            [g.op("Add", [g.op("Mul", [xy, g.const(2.0, "two")]), grid]), stride_t],
+        )
         if ndim == 3:
-            vis = g.op("Sigmoid", [g.op("Slice", [kpt, two, g.const([3], "i", np.int64), ax2])])
+            vis = g.op(
+                "Sigmoid", [g.op("Slice", [kpt, two, g.const([3], "i", np.int64), ax2])]
+            )
             xy = g.op("Concat", [xy, vis], axis=2)
         parts.append(g.op("Reshape", [xy, g.const([0, nk, -1], "shape", np.int64)]))
     elif kind != "Detect":
@@ -369,7 +442,9 @@ def _layers(model: Any) -> list[Any]:
 
 def build_model(ckpt: dict) -> tuple[onnx.ModelProto, dict]:
     """Build the ONNX model and its metadata from an unpickled Ultralytics checkpoint."""
-    if not isinstance(ckpt, dict) or (ckpt.get("ema") is None and ckpt.get("model") is None):
+    if not isinstance(ckpt, dict) or (
+        ckpt.get("ema") is None and ckpt.get("model") is None
+    ):
         raise ModelError("not an Ultralytics checkpoint (no 'model' / 'ema' entry)")
     model = ckpt.get("ema") or ckpt["model"]
     layers = _layers(model)
@@ -377,7 +452,12 @@ def build_model(ckpt: dict) -> tuple[onnx.ModelProto, dict]:
     kind = class_name(head)
     if kind not in ("Detect", "Pose"):
         raise ModelError(f"unsupported YOLO head {kind} (only Detect and Pose)")
-    strides = [float(s) for s in np.asarray(getattr(head, "stride", getattr(model, "stride", None))).reshape(-1)]
+    strides = [
+        float(s)
+        for s in np.asarray(
+            getattr(head, "stride", getattr(model, "stride", None))
+        ).reshape(-1)
+    ]
     if not strides or min(strides) <= 0:
         raise ModelError("checkpoint has no valid strides")
 
@@ -386,7 +466,11 @@ def build_model(ckpt: dict) -> tuple[onnx.ModelProto, dict]:
     x = "images"
     for layer in layers:
         f = getattr(layer, "f", -1)
-        inputs = [x if j == -1 else outs[j] for j in f] if isinstance(f, (list, tuple)) else [x if f == -1 else outs[f]]
+        inputs = (
+            [x if j == -1 else outs[j] for j in f]
+            if isinstance(f, (list, tuple))
+            else [x if f == -1 else outs[f]]
+        )
         name = class_name(layer)
         if layer is head:
             x, _ = _head(g, layer, inputs, strides)
@@ -403,7 +487,11 @@ def build_model(ckpt: dict) -> tuple[onnx.ModelProto, dict]:
     n_out = 4 + nc + (kpt_shape[0] * kpt_shape[1] if kpt_shape else 0)
     g.nodes.append(helper.make_node("Identity", [x], ["output0"], name="output"))
     names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
-    names = {int(k): str(v) for k, v in dict(names).items()} if isinstance(names, dict) else dict(enumerate(names))
+    names = (
+        {int(k): str(v) for k, v in dict(names).items()}
+        if isinstance(names, dict)
+        else dict(enumerate(names))
+    )
     meta = {
         "task": "pose" if kind == "Pose" else "detect",
         "nc": nc,
@@ -415,12 +503,22 @@ def build_model(ckpt: dict) -> tuple[onnx.ModelProto, dict]:
     graph = helper.make_graph(
         g.nodes,
         "yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "height", "width"])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, n_out, "anchors"])],
+        [
+            helper.make_tensor_value_info(
+                "images", TensorProto.FLOAT, [1, 3, "height", "width"]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                "output0", TensorProto.FLOAT, [1, n_out, "anchors"]
+            )
+        ],
         initializer=g.inits,
     )
     onx = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="veil.models.convert.yolo_pt"
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="veil.models.convert.yolo_pt",
     )
     onx.ir_version = 8
     for k, v in meta.items():
@@ -443,13 +541,17 @@ def convert(src: Path, dst: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read checkpoint {src}: {exc}") from exc
     except Exception as exc:  # corrupt pickle, truncated storage...
-        raise ModelError(f"cannot read checkpoint {src}: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(
+            f"cannot read checkpoint {src}: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         onx, meta = build_model(ckpt)
     except ModelError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelError(f"{src}: unexpected YOLO checkpoint layout ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"{src}: unexpected YOLO checkpoint layout ({type(exc).__name__}: {exc})"
+        ) from exc
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
     os.close(fd)
