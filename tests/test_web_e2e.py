@@ -294,7 +294,7 @@ def test_anonymize_compare_correct_download_delete(server: LiveServer, page: Pag
     expect(viewer).to_be_hidden()
 
     # download one: a new image whose face area changed
-    data, fname = download(page, lambda: card(page, "astronaut.jpg").get_by_role("button", name="Download astronaut.jpg").click())
+    data, fname = download(page, lambda: card(page, "astronaut.jpg").get_by_role("button", name="Download astronaut.jpg", exact=True).click())
     assert fname == "astronaut.anonymized.jpg"
     assert data != originals["astronaut"]
     orig, out = rgb(originals["astronaut"]), rgb(data)
@@ -317,13 +317,13 @@ def test_anonymize_compare_correct_download_delete(server: LiveServer, page: Pag
     assert all(ids[n] for n in ("astronaut.jpg", "grace_hopper.jpg", "zidane.jpg")), ids
 
     # delete one: gone from the page and from the server
-    card(page, "zidane.jpg").get_by_role("button", name="Delete zidane.jpg").click()
+    card(page, "zidane.jpg").get_by_role("button", name="Delete zidane.jpg", exact=True).click()
     expect(grid).to_have_count(2)
     assert server.get(f"/api/v1/jobs/{ids['zidane.jpg']}").status_code == 404
 
     # correct one: hide a missed area by dragging a rectangle, then save
-    gh_before, _ = download(page, lambda: card(page, "grace_hopper.jpg").get_by_role("button", name="Download grace_hopper.jpg").click())
-    card(page, "grace_hopper.jpg").get_by_role("button", name="View grace_hopper.jpg").click()
+    gh_before, _ = download(page, lambda: card(page, "grace_hopper.jpg").get_by_role("button", name="Download grace_hopper.jpg", exact=True).click())
+    card(page, "grace_hopper.jpg").get_by_role("button", name="View grace_hopper.jpg", exact=True).click()
     expect(viewer).to_be_visible()
     page.locator("#mode-edit").click()
     regions = page.locator("#regions .region")
@@ -431,6 +431,7 @@ def test_api_key_prompt_and_expiry(browser: Browser, photos: dict[str, Path]) ->
             assert page.evaluate("sessionStorage.getItem('veil.apiKey')") == "veil_wrong_key"
 
             page.set_input_files("#file-input", str(photos["astronaut"]))
+            page.locator("#advanced summary").click()
             page.select_option("#opt-preset", "fast")
             page.locator("#run").click()
             # the wrong key is refused (401): the page asks again

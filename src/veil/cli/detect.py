@@ -39,7 +39,7 @@ def detect(
                 results.append({"path": str(f), "width": img.width, "height": img.height, "detections": [d.to_json() for d in dets]})
             except VeilError as exc:
                 failed += 1
-                err_console.print(f"[red]skipped[/] {f}: {exc}", highlight=False)
+                err_console.print(f"[red]skipped[/] {f}: {exc}", highlight=False, soft_wrap=True)
                 results.append({"path": str(f), "error": str(exc)})
             bar.advance(task)
     text = json.dumps({"images": results}, indent=2)

@@ -20,55 +20,64 @@ from typing import Sequence
 
 import numpy as np
 
-from veil.detection.boxes import iou_matrix, merge
+from veil.detection.boxes import iou_matrix
 from veil.detection.consistency import heads_without_faces
 from veil.detection.faces import CenterFace, YuNet
-from veil.detection.presets import FacePlan, Preset, YoloPlan, get_preset
+from veil.detection.nanodet import NanoDet
+from veil.detection.presets import Pass, Plan, Preset, get_preset
+from veil.detection.text import TextDetector, plate_like
 from veil.detection.types import TARGETS, Detection
 from veil.detection.yolo import Yolo
 from veil.errors import OptionsError
 from veil.models.registry import get_spec
+from veil.models.store import permissive_only
 
-_ENGINES: dict[str, "Engine"] = {}
+_ENGINES: dict[tuple[str, bool], "Engine"] = {}
 _LOCK = threading.Lock()
+_FACTORIES = {
+    "centerface": CenterFace,
+    "yunet": YuNet,
+    "nanodet": NanoDet,
+    "ppocr-det": TextDetector,
+    "plate-yolov8n": lambda: Yolo("plate-yolov8n", "plate"),
+    "person-yolo11n-pose": lambda: Yolo("person-yolo11n-pose", "person", nkpt=17),
+}
+#: In permissive mode plates come from text found on vehicles (PP-OCR + NanoDet).
+PERMISSIVE_PLATE_TEXT_SIZE = 1280
 
 
 class Engine:
     """Detectors for one preset; models load lazily on first use; ``detect`` is thread-safe."""
 
-    def __init__(self, preset: str = "balanced"):
+    def __init__(self, preset: str = "balanced", permissive: bool | None = None):
         self.preset: Preset = get_preset(preset)
+        self.permissive = permissive_only() if permissive is None else permissive
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
-        self.last_timings: dict[str, float] = {}
 
     # -- model access ---------------------------------------------------------------------
     def _model(self, name: str):
         with self._lock:
             m = self._models.get(name)
             if m is None:
-                if name == "centerface":
-                    m = CenterFace()
-                elif name == "yunet":
-                    m = YuNet()
-                elif name == "plate-yolov8n":
-                    m = Yolo(name, "plate")
-                elif name == "person-yolo11n-pose":
-                    m = Yolo(name, "person", nkpt=17)
-                else:  # pragma: no cover - presets only name the models above
-                    raise KeyError(name)
-                self._models[name] = m
+                m = self._models[name] = _FACTORIES[name]()
             return m
 
+    def plan(self, target: str) -> Plan:
+        """The plan for ``target``, without copyleft-licensed models in permissive mode."""
+        plan: Plan = getattr(self.preset, target)
+        if not self.permissive:
+            return plan
+        passes = tuple(p for p in plan.passes if get_spec(p.model).permissive)
+        return Plan(passes, plan.agree, plan.cluster_iou, plan.upscale_budget, plan.tile_above)
+
     def model_names(self, targets: Sequence[str] = TARGETS) -> list[str]:
-        """Models (name, source package) that ``detect`` uses for ``targets``."""
+        """Models (name and source package) that ``detect`` uses for ``targets``."""
         names: list[str] = []
-        if "face" in targets:
-            names += [p.model for p in self.preset.faces.passes]
-        if "person" in targets or ("face" in targets and self.preset.person_heads and "person" in targets):
-            names.append(self.preset.persons.model)
-        if "plate" in targets:
-            names.append(self.preset.plates.model)
+        for t in targets:
+            names += [p.model for p in self.plan(t).passes]
+        if "plate" in targets and self.permissive:
+            names += ["ppocr-det", "nanodet"]
         return [f"{n} ({get_spec(n).source})" for n in dict.fromkeys(names)]
 
     def warm_up(self, targets: Sequence[str] = TARGETS) -> None:
@@ -76,83 +85,96 @@ class Engine:
         self.detect(np.zeros((64, 64, 3), dtype=np.uint8), targets)
 
     # -- detection ------------------------------------------------------------------------
-    def detect(self, rgb: np.ndarray, targets: Sequence[str] = TARGETS) -> list[Detection]:
+    def detect(self, rgb: np.ndarray, targets: Sequence[str] = TARGETS, timings: dict[str, float] | None = None) -> list[Detection]:
+        """Faces, people and plates in ``rgb`` (plus ``head`` signals, see module doc)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError("detect() expects an H x W x 3 uint8 RGB array")
         for t in targets:
             if t not in TARGETS:
                 raise OptionsError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", field="targets")
-        timings: dict[str, float] = {}
-        out: list[Detection] = []
-        faces: list[Detection] = []
-        if "face" in targets:
+        found: dict[str, list[Detection]] = {}
+        for t in TARGETS:
+            if t not in targets:
+                continue
             t0 = time.perf_counter()
-            faces = self.detect_faces(rgb, self.preset.faces)
-            timings["face"] = time.perf_counter() - t0
-            out += faces
-        if "person" in targets:
-            t0 = time.perf_counter()
-            persons = self.detect_yolo(rgb, self.preset.persons)
-            timings["person"] = time.perf_counter() - t0
-            out += persons
-            if "face" in targets and self.preset.person_heads:
-                out += heads_without_faces(persons, faces)
-        if "plate" in targets:
-            t0 = time.perf_counter()
-            plates = self.detect_yolo(rgb, self.preset.plates)
-            timings["plate"] = time.perf_counter() - t0
-            out += plates
-        self.last_timings = timings
+            if t == "plate" and self.permissive:
+                found[t] = self.plates_from_text(rgb)
+            else:
+                found[t] = self.run_plan(rgb, t, self.plan(t))
+            if timings is not None:
+                timings[t] = (time.perf_counter() - t0) * 1000
+        out = [d for t in TARGETS for d in found.get(t, [])]
+        if "face" in found and "person" in found and self.preset.person_heads:
+            out += heads_without_faces(found["person"], found["face"])
         return out
 
-    def detect_faces(self, rgb: np.ndarray, plan: FacePlan) -> list[Detection]:
+    def run_plan(self, rgb: np.ndarray, target: str, plan: Plan) -> list[Detection]:
         h, w = rgb.shape[:2]
         cands: list[tuple[int, Detection]] = []
         for i, p in enumerate(plan.passes):
+            if p.tiles and h * w <= plan.tile_above * 1e6:
+                continue
+            cands += [(i, d) for d in self._run_pass(rgb, target, p, plan)]
+        return vote(cands, plan)
+
+    def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan) -> list[Detection]:
+        model = self._model(p.model)
+        if isinstance(model, (CenterFace, YuNet)):
             scale = p.scale
             if scale > 1.0:
-                # cap the upscaled pass by pixel budget; skip it when it adds too little
+                h, w = rgb.shape[:2]
                 scale = min(scale, math.sqrt(plan.upscale_budget / (h * w)))
                 if scale < 1.3:
-                    continue
-            model = self._model(p.model)
-            cands += [(i, d) for d in model(rgb, p.floor, scale)]
-        return _vote(cands, plan.accept, plan.agree)
+                    return []  # too little gain for the cost
+            return model(rgb, p.floor, scale)
+        if isinstance(model, Yolo):
+            return model.tiled(rgb, p.size, p.floor) if p.tiles else model.run(rgb, p.size, p.floor)
+        if isinstance(model, NanoDet):
+            return model.run(rgb, p.size, p.floor, target)
+        raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover
 
-    def detect_yolo(self, rgb: np.ndarray, plan: YoloPlan) -> list[Detection]:
-        model: Yolo = self._model(plan.model)  # type: ignore[assignment]
-        h, w = rgb.shape[:2]
-        dets: list[Detection] = []
-        for size in plan.sizes:
-            dets += model.run(rgb, size, plan.threshold)
-        if plan.tile_above and h * w > plan.tile_above * 1e6:
-            dets += model.tiled(rgb, plan.sizes[0], plan.threshold)
-        return merge(dets, iou=0.5, fuse=False)
+    def plates_from_text(self, rgb: np.ndarray) -> list[Detection]:
+        """Permissive plate route: text lines on a vehicle, or plate-shaped text anywhere
+        when no vehicle is in view (close-ups of a car's rear)."""
+        text: TextDetector = self._model("ppocr-det")  # type: ignore[assignment]
+        nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
+        vehicles = nd.run(rgb, 640, 0.25, target="vehicle")
+        vb = np.array([v.box for v in vehicles], dtype=np.float32).reshape(-1, 4)
+        out = []
+        for d in text(rgb, size=PERMISSIVE_PLATE_TEXT_SIZE):
+            if not plate_like(d):
+                continue
+            cx, cy = (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2
+            on_vehicle = bool(len(vb)) and bool(((vb[:, 0] <= cx) & (cx <= vb[:, 2]) & (vb[:, 1] <= cy) & (cy <= vb[:, 3])).any())
+            if on_vehicle or not len(vb):
+                out.append(Detection("plate", d.score, d.box, polygon=d.polygon, source="ppocr-det+nanodet"))
+        return out
 
 
-def _vote(cands: list[tuple[int, Detection]], accept: float, agree: float) -> list[Detection]:
-    """Cluster candidates from all passes; keep a cluster when one pass is sure of it or
-    when at least two passes see it with enough summed confidence."""
+def vote(cands: list[tuple[int, Detection]], plan: Plan) -> list[Detection]:
+    """Cluster candidates of all passes; keep a cluster when one pass is sure of it
+    (its ``accept``) or when >= 2 passes see it with summed scores >= ``plan.agree``.
+    The kept box is the cluster's best-scoring one (geometry such as landmarks and
+    keypoints stays consistent with it)."""
     if not cands:
         return []
     dets = [d for _, d in cands]
-    passes = np.array([i for i, _ in cands])
+    passes = [i for i, _ in cands]
     boxes = np.array([d.box for d in dets], dtype=np.float32)
     scores = np.array([d.score for d in dets], dtype=np.float32)
     ious = iou_matrix(boxes, boxes)
     used = np.zeros(len(dets), dtype=bool)
     out: list[Detection] = []
-    for i in np.argsort(-scores):
+    for i in np.argsort(-scores, kind="stable"):
         if used[i]:
             continue
-        members = np.where((ious[i] > 0.3) & ~used)[0]
+        members = np.where((ious[i] > plan.cluster_iou) & ~used)[0]
         used[members] = True
         per_pass: dict[int, float] = {}
         for m in members:
-            per_pass[int(passes[m])] = max(per_pass.get(int(passes[m]), 0.0), float(scores[m]))
-        best = max(per_pass.values())
-        evidence = sum(per_pass.values())
-        if best >= accept or (len(per_pass) >= 2 and evidence >= agree):
+            per_pass[passes[m]] = max(per_pass.get(passes[m], 0.0), float(scores[m]))
+        sure = any(s >= plan.passes[k].accept for k, s in per_pass.items())
+        if sure or (len(per_pass) >= 2 and sum(per_pass.values()) >= plan.agree):
             d = dets[i]
             d.extra["votes"] = len(per_pass)
             out.append(d)
@@ -160,9 +182,10 @@ def _vote(cands: list[tuple[int, Detection]], accept: float, agree: float) -> li
 
 
 def get_engine(preset: str = "balanced") -> Engine:
-    """The process-wide engine for ``preset`` (models are shared between presets)."""
+    """The process-wide engine for ``preset`` (sessions are shared between presets)."""
+    key = (preset, permissive_only())
     with _LOCK:
-        eng = _ENGINES.get(preset)
+        eng = _ENGINES.get(key)
         if eng is None:
-            eng = _ENGINES[preset] = Engine(preset)
+            eng = _ENGINES[key] = Engine(preset, permissive=key[1])
         return eng

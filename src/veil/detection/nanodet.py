@@ -135,3 +135,37 @@ def decode_nanodet(
         boxes, scores, cls_out = boxes[keep_arr], scores[keep_arr], cls_out[keep_arr]
     order = np.argsort(-scores, kind="stable")
     return boxes[order], scores[order], cls_out[order]
+
+
+#: COCO classes that carry licence plates: car, motorcycle, bus, truck.
+VEHICLE_CLASSES = (2, 3, 5, 7)
+
+
+class NanoDet:
+    """NanoDet on a photo: people (class 0) and, for plate context, vehicles."""
+
+    model = "nanodet"
+
+    def __init__(self) -> None:
+        from veil.inference.session import get_session
+
+        self.session = get_session(self.model)
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def raw(self, rgb: np.ndarray, size: int, threshold: float, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, scale, (px, py) = preprocess_nanodet(rgb, size, square=False)
+        out = dict(zip(self.outputs, self.session.run(None, {self.input: x})))
+        boxes, scores, cls = decode_nanodet(out, x.shape[2:], threshold, class_ids=class_ids, nms_iou=0.5)
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - px) / scale
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - py) / scale
+        return boxes, scores, cls
+
+    def run(self, rgb: np.ndarray, size: int, threshold: float, target: str = "person"):
+        from veil.detection.types import Detection
+
+        class_ids = (0,) if target == "person" else VEHICLE_CLASSES
+        boxes, scores, _ = self.raw(rgb, size, threshold, class_ids)
+        h, w = rgb.shape[:2]
+        return [Detection(target, float(s), tuple(float(v) for v in b), source=self.model).clipped(w, h) for b, s in zip(boxes, scores)]

@@ -1,87 +1,103 @@
 """Named presets: which passes run for each target and how their votes are combined.
 
-Recall comes first. Faces use an ensemble of CenterFace and YuNet at the photo's own
-size and at an upscaled size (small faces need pixels); a face is kept when one pass is
-confident, or when two passes agree on a weaker candidate. People and plates run YOLO
-at the full photo and, for large photos, on overlapping tiles.
+Recall comes first, and no single small model is good enough, so each target runs an
+ensemble of *passes* (a model at a given input size or scale). Candidates of all passes
+are clustered; a cluster is kept when one pass is sure of it (``accept``) or when at
+least two passes see it with enough summed confidence (``agree``). Faces run CenterFace
+and YuNet at the photo's size and upscaled (small faces need pixels); people run
+YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 at two sizes and, for large
+photos, on tiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from veil.errors import OptionsError
 
 
 @dataclass(frozen=True)
-class FacePass:
-    model: str  # "centerface" | "yunet"
-    scale: float  # 1.0 = the photo's size; 2.0 = upscaled for small faces
-    floor: float  # candidates below this score are not even voted on
-
-
-@dataclass(frozen=True)
-class FacePlan:
-    passes: tuple[FacePass, ...]
-    accept: float  # one pass this sure is enough
-    agree: float  # or: >= 2 passes whose summed scores reach this
-    #: the upscaled pass is limited to this many input pixels (keeps large photos fast;
-    #: faces in them already have pixels at 1x)
-    upscale_budget: float = 1.0e6
-
-
-@dataclass(frozen=True)
-class YoloPlan:
+class Pass:
     model: str
-    sizes: tuple[int, ...]
-    threshold: float
-    tile_above: float = 0.0  # megapixels above which 2x2 tiles are added (0 = never)
+    floor: float  # candidates below this score are not even voted on
+    accept: float  # one pass this sure is enough
+    scale: float = 1.0  # face models: resize factor of the photo (2.0 = upscaled)
+    size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
+    tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
+
+
+@dataclass(frozen=True)
+class Plan:
+    passes: tuple[Pass, ...]
+    agree: float = 99.0  # summed score of >= 2 agreeing passes that keeps weaker candidates
+    cluster_iou: float = 0.3
+    #: upscaled face passes are capped at this many input pixels: faces in large photos
+    #: already have pixels at 1x, and the cap keeps large photos fast
+    upscale_budget: float = 1.0e6
+    #: tiled passes run only on photos larger than this many megapixels
+    tile_above: float = 0.0
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    faces: FacePlan
-    persons: YoloPlan
-    plates: YoloPlan
+    face: Plan
+    person: Plan
+    plate: Plan
+    #: hide the head of a person whose face was not found (consistency signal)
     person_heads: bool = True
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
-_CF, _YN = "centerface", "yunet"
+_CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "nanodet", "plate-yolov8n"
 
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
-        faces=FacePlan((FacePass(_CF, 1.0, 0.2),), accept=0.25, agree=9.0),
-        persons=YoloPlan("person-yolo11n-pose", (640,), 0.3),
-        plates=YoloPlan("plate-yolov8n", (640,), 0.1),
+        face=Plan((Pass(_YN, 0.5, 0.5), Pass(_CF, 0.3, 0.3, scale=0.5)), agree=0.6),
+        person=Plan((Pass(_ND, 0.3, 0.35, size=416),)),
+        plate=Plan((Pass(_PLATE, 0.1, 0.1, size=640),)),
     ),
     "balanced": Preset(
         name="balanced",
-        faces=FacePlan(
-            (FacePass(_CF, 1.0, 0.05), FacePass(_CF, 2.0, 0.05), FacePass(_YN, 1.0, 0.3), FacePass(_YN, 2.0, 0.3)),
-            accept=0.35,
+        face=Plan(
+            (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35), Pass(_YN, 0.3, 0.35, scale=2.0)),
             agree=0.3,
         ),
-        persons=YoloPlan("person-yolo11n-pose", (960,), 0.25, tile_above=4.0),
-        plates=YoloPlan("plate-yolov8n", (640, 1280), 0.05),
+        person=Plan(
+            (Pass(_POSE, 0.15, 0.3, size=1280), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
+            agree=0.6,
+            cluster_iou=0.5,
+        ),
+        plate=Plan((Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280)), cluster_iou=0.5),
     ),
     "thorough": Preset(
         name="thorough",
-        faces=FacePlan(
-            (FacePass(_CF, 1.0, 0.05), FacePass(_CF, 2.0, 0.05), FacePass(_YN, 1.0, 0.25), FacePass(_YN, 2.0, 0.25)),
-            accept=0.3,
+        face=Plan(
+            (Pass(_CF, 0.05, 0.3), Pass(_CF, 0.05, 0.3, scale=2.0), Pass(_YN, 0.25, 0.3), Pass(_YN, 0.25, 0.3, scale=2.0)),
             agree=0.25,
             upscale_budget=4.0e6,
         ),
-        persons=YoloPlan("person-yolo11n-pose", (1280,), 0.2, tile_above=1.5),
-        plates=YoloPlan("plate-yolov8n", (640, 1280), 0.05, tile_above=4.0),
+        person=Plan(
+            (
+                Pass(_POSE, 0.1, 0.25, size=1280),
+                Pass(_ND, 0.1, 0.4, size=416),
+                Pass(_ND, 0.1, 0.35, size=640),
+                Pass(_POSE, 0.1, 0.3, size=1280, tiles=True),
+            ),
+            agree=0.5,
+            cluster_iou=0.5,
+            tile_above=1.5,
+        ),
+        plate=Plan(
+            (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280), Pass(_PLATE, 0.05, 0.05, size=1280, tiles=True)),
+            cluster_iou=0.5,
+            tile_above=4.0,
+        ),
     ),
 }
 
 
 def get_preset(name: str) -> Preset:
-    from veil.errors import OptionsError
-
     try:
         return PRESETS[name]
     except KeyError:

@@ -143,13 +143,7 @@
         resolve(ok);
       };
       const onClose = () => {
-        const value = $("key-input").value.trim();
-        if (dlg.returnValue === "ok" && value) {
-          setKey(value);
-          done(true);
-        } else {
-          done(false);
-        }
+        done(dlg.returnValue === "ok" && !!getKey());
       };
       dlg.addEventListener("close", onClose);
       dlg.returnValue = "";
@@ -627,7 +621,7 @@
   function buildCard(it) {
     const img = el("img", { alt: `${it.name}, anonymized`, loading: "lazy", decoding: "async" });
     const badge = el("span", { class: "badge", text: "Corrected", hidden: true });
-    const thumb = el("button", { type: "button", class: "thumb", "aria-label": `View ${it.name} large`,
+    const thumb = el("button", { type: "button", class: "thumb", "aria-label": `Open ${it.name}`,
       onclick: () => openViewer(it) }, img, badge);
     const title = el("h3", { class: "card-title", title: it.name, text: it.name });
     const counts = el("ul", { class: "counts", "aria-label": "Hidden" });
@@ -1247,7 +1241,10 @@
     const keyDlg = $("key-dialog");
     $("key-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      if (!$("key-input").value.trim()) { $("key-input").focus(); return; }
+      const value = $("key-input").value.trim();
+      if (!value) { $("key-input").focus(); return; }
+      setKey(value);
+      $("key-input").value = "";
       keyDlg.close("ok");
     });
     $("key-cancel").addEventListener("click", () => keyDlg.close("cancel"));
