@@ -43,8 +43,13 @@ def test_veil_eval_on_labelled_photos(tmp_path: Path, photos, engine):
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "labels.json"), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    face = data["targets"]["face"]
+    face = data["sets"][str(tmp_path / "labels.json")]["targets"]["face"]
     assert face["labelled"] == 1 and face["recall"] == 1.0
+    # two sets are also scored pooled
+    (tmp_path / "again.json").write_text(json.dumps(labels))
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "labels.json"), str(tmp_path / "again.json"), "--json"])
+    pooled = json.loads(res.output)["sets"]["all"]["targets"]["face"]
+    assert pooled["labelled"] == 2 and pooled["recall"] == 1.0
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "labels.json")])
     assert res.exit_code == 0 and "recall" in res.output
 

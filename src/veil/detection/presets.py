@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
         face=Plan((Pass(_YN, 0.5, 0.5), Pass(_CF, 0.3, 0.3, scale=0.5)), agree=0.6),
-        person=Plan((Pass(_ND, 0.3, 0.35, size=416),)),
+        person=Plan((Pass(_ND, 0.3, 0.3, size=416),)),
         plate=Plan((Pass(_PLATE, 0.1, 0.1, size=640),)),
     ),
     "balanced": Preset(
@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
             agree=0.3,
         ),
         person=Plan(
-            (Pass(_POSE, 0.15, 0.3, size=1280), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
+            (Pass(_POSE, 0.15, 0.3, size=640), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
             agree=0.6,
             cluster_iou=0.5,
         ),
@@ -79,12 +79,13 @@ PRESETS: dict[str, Preset] = {
         ),
         person=Plan(
             (
-                Pass(_POSE, 0.1, 0.25, size=1280),
-                Pass(_ND, 0.1, 0.4, size=416),
-                Pass(_ND, 0.1, 0.35, size=640),
-                Pass(_POSE, 0.1, 0.3, size=1280, tiles=True),
+                Pass(_POSE, 0.15, 0.3, size=1280),
+                Pass(_ND, 0.15, 0.5, size=416),
+                Pass(_ND, 0.15, 0.4, size=640),
+                Pass(_ND, 0.15, 0.5, size=800),
+                Pass(_POSE, 0.15, 0.3, size=1280, tiles=True),
             ),
-            agree=0.5,
+            agree=0.6,
             cluster_iou=0.5,
             tile_above=1.5,
         ),

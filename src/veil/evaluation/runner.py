@@ -62,3 +62,21 @@ def evaluate(
         if progress:
             progress(n + 1)
     return EvalResult(engine.preset.name, scores, times)
+
+
+def pooled(results: list[EvalResult]) -> EvalResult:
+    """All sets scored as one (e.g. both COCO person folders together)."""
+    scores: dict[str, TargetScore] = {}
+    for r in results:
+        for t, s in r.scores.items():
+            acc = scores.setdefault(t, TargetScore())
+            acc.labelled += s.labelled
+            acc.covered += s.covered
+            acc.predicted += s.predicted
+            acc.scored += s.scored
+            acc.matched += s.matched
+            acc.images += s.images
+            for k, (c, n) in s.by_bucket.items():
+                acc.by_bucket[k][0] += c
+                acc.by_bucket[k][1] += n
+    return EvalResult(results[0].preset if results else "", scores, [t for r in results for t in r.ms_per_image])

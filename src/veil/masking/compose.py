@@ -16,7 +16,7 @@ import numpy as np
 
 from veil.detection.types import Detection
 from veil.masking.shapes import RegionMask, region_mask
-from veil.masking.styles import render
+from veil.masking.styles import block_alpha, render
 from veil.pipeline.options import Options
 
 #: Groups are blended bottom-up: people, then plates, then heads and faces on top.
@@ -120,6 +120,8 @@ def _blend_cluster(out: np.ndarray, src: np.ndarray, cluster: list[_Item], stren
     for item in cluster:
         rx0, ry0, rx1, ry1 = item.mask.rect
         a = item.mask.alpha
+        if item.style == "pixelate":
+            a = block_alpha(a, item.mask.size, strength)
         pix = render(src[ry0:ry1, rx0:rx1], item.style, size=item.mask.size, strength=strength, color=item.color, rng=rng)
         sl = (slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0))
         acc[sl] += pix * a[:, :, None]

@@ -42,6 +42,19 @@ def block_size(size: float, strength: int, style: str = "blur") -> float:
     return max(MIN_BLOCK_PX, size / blocks)
 
 
+def block_alpha(alpha: np.ndarray, size: float, strength: int) -> np.ndarray:
+    """``pixelate``'s alpha snapped to its block grid: a block is as opaque as its most
+    opaque pixel, so the outline is a staircase of whole blocks, not a smooth oval."""
+    h, w = alpha.shape
+    block = block_size(size, strength, "pixelate")
+    nw, nh = max(1, int(round(w / block))), max(1, int(round(h / block)))
+    xs = np.linspace(0, w, nw + 1).round().astype(int)
+    ys = np.linspace(0, h, nh + 1).round().astype(int)
+    cols = np.maximum.reduceat(alpha, xs[:-1], axis=1)
+    cells = np.maximum.reduceat(cols, ys[:-1], axis=0)
+    return np.repeat(np.repeat(cells, np.diff(ys), axis=0), np.diff(xs), axis=1)
+
+
 def _destroyed(crop: np.ndarray, block: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """The crop box-averaged down to blocks of ``block`` px, plus noise (float32)."""
     h, w = crop.shape[:2]

@@ -105,6 +105,8 @@
         429: "Too many requests; try again shortly.", 503: "The server is busy; try again shortly.",
       }[status] || `The server answered ${status}.`;
     }
+    // "files[0] is not a supported image…" reads better as "This file is not…"
+    detail = detail.replace(/^files?(\[\d+\])?:?\s+(?=is\b|has\b|exceeds\b)/i, "This file ");
     return detail.charAt(0).toUpperCase() + detail.slice(1);
   }
 
@@ -112,6 +114,21 @@
     const retryable = status === 429 || status === 503 || status >= 500;
     const ra = retryAfter ? Math.min(60, Math.max(1, parseInt(retryAfter, 10) || 3)) : null;
     return new ApiError(problemMessage(status, text, contentType), status, retryable, ra);
+  }
+
+  /* ------------------------------------------------------------ server clock -- */
+  // Expiry times come from the server's clock; a browser whose clock is off by more than
+  // half a minute would otherwise show (and act on) the wrong time.
+  let clockSkewMs = 0;
+  function noteServerClock(dateHeader) {
+    const server = Date.parse(dateHeader || "");
+    if (!Number.isFinite(server)) return;
+    const skew = server - Date.now();
+    clockSkewMs = Math.abs(skew) > 30_000 ? skew : 0;
+  }
+  function serverTime(iso) {
+    const t = Date.parse(iso || "");
+    return Number.isFinite(t) ? new Date(t - clockSkewMs) : null;
   }
 
   /* ---------------------------------------------------------------- API key -- */
@@ -130,6 +147,7 @@
   }
 
   let keyPrompt = null;
+  let keyDeclinedAt = 0;
   /** Ask for a key once, however many requests are waiting for it. Resolves true if one was given. */
   function askForKey(message) {
     if (keyPrompt) return keyPrompt;
@@ -143,7 +161,9 @@
         resolve(ok);
       };
       const onClose = () => {
-        done(dlg.returnValue === "ok" && !!getKey());
+        const ok = dlg.returnValue === "ok" && !!getKey();
+        if (!ok) keyDeclinedAt = Date.now();
+        done(ok);
       };
       dlg.addEventListener("close", onClose);
       dlg.returnValue = "";
@@ -154,6 +174,8 @@
   }
 
   async function handle401(hadKey) {
+    // one "Cancel" answers for every request that was waiting, not one prompt each
+    if (!keyPrompt && Date.now() - keyDeclinedAt < 5000) throw new ApiError("An API key is needed to use this server.", 401, false);
     const ok = await askForKey(hadKey
       ? "That API key was not accepted. Check it and try again."
       : "This veil server only accepts requests with an API key.");
@@ -174,6 +196,7 @@
         await handle401(hadKey);
         continue;
       }
+      noteServerClock(res.headers.get("date"));
       if (!res.ok) {
         const text = await res.text().catch(() => "");
         throw errorFromResponse(res.status, text, res.headers.get("content-type"), res.headers.get("retry-after"));
@@ -259,6 +282,10 @@
   }
 
   /* ------------------------------------------------------------ add photos -- */
+  function isHeic(file) {
+    return ["heic", "heif"].includes(extOf(file.name)) || /^image\/hei[cf]/i.test(file.type || "");
+  }
+
   function accepts(file) {
     const ext = extOf(file.name);
     if (ACCEPT_EXT.includes(ext)) return true;
@@ -335,6 +362,11 @@
 
   function buildRow(it) {
     const row = el("li", { class: "qrow", "data-id": it.id });
+    if (!it.beforeUrl) it.beforeUrl = URL.createObjectURL(it.file); // local preview only
+    const thumb = el("span", { class: "qthumb", "aria-hidden": "true" });
+    const timg = el("img", { alt: "", src: it.beforeUrl, decoding: "async" });
+    timg.addEventListener("error", () => timg.remove());
+    thumb.append(timg);
     const name = el("span", { class: "qname", title: it.name, text: it.name });
     const size = el("span", { class: "qsize", text: formatBytes(it.size) });
     const status = el("span", { class: "qstatus" });
@@ -345,7 +377,7 @@
     const remove = el("button", { type: "button", class: "icon-btn qremove", "aria-label": `Remove ${it.name}`,
       title: "Remove", onclick: () => removeItem(it) });
     remove.innerHTML = '<svg viewBox="0 0 20 20" aria-hidden="true" focusable="false"><path d="M5 5l10 10M15 5L5 15" stroke="currentColor" stroke-width="2" stroke-linecap="round"/></svg>';
-    row.append(el("div", { class: "qmain" }, el("div", { class: "qline" }, name, size), status, bar),
+    row.append(thumb, el("div", { class: "qmain" }, el("div", { class: "qline" }, name, size), status, bar),
       el("div", { class: "qactions" }, retry, remove));
     row._parts = { status, bar, retry, remove };
     return row;
@@ -421,19 +453,21 @@
   /* ------------------------------------------------------------- processing -- */
   let currentBatch = 0;
 
-  function startRun(e) {
+  function startRun(e, only = null) {
     if (e) e.preventDefault();
     const settings = readForm();
     if (!settings.targets.length) { $("targets-error").hidden = false; return; }
     saveSettings(settings);
-    const ready = items.filter((i) => i.state === "ready");
+    const ready = only || items.filter((i) => i.state === "ready");
     if (!ready.length) return;
     // a new batch for the overall bar unless the previous one is still going
     const stillRunning = items.some((i) => i.batch === currentBatch && !["done", "failed"].includes(i.state));
     if (!stillRunning) currentBatch++;
     const options = apiOptions(settings);
     for (const it of ready) {
-      Object.assign(it, { options, batch: currentBatch, error: null });
+      // browsers can't show HEIC: ask for a JPEG back so it can be previewed and shared
+      const opts = isHeic(it.file) ? { ...options, format: "jpeg" } : options;
+      Object.assign(it, { options: opts, batch: currentBatch, error: null });
       setState(it, "waiting");
     }
     announce(`Anonymizing ${ready.length} ${ready.length === 1 ? "photo" : "photos"}.`);
@@ -460,7 +494,7 @@
       const job = await submitJob(it);
       if (it.cancelled) return;
       it.jobId = job.id;
-      it.expiresAt = job.expires_at ? new Date(job.expires_at) : null;
+      it.expiresAt = serverTime(job.expires_at);
       setState(it, job.status === "processing" ? "processing" : "queued");
       const done = await pollJob(it);
       if (it.cancelled) return;
@@ -473,7 +507,7 @@
       it.url = URL.createObjectURL(blob);
       it.counts = normaliseCounts(img.detections || done.detections || {});
       if (Array.isArray(img.regions)) { it.regions = img.regions.map(cleanRegion).filter(Boolean); it.regionsSource = "job"; }
-      it.expiresAt = done.expires_at ? new Date(done.expires_at) : it.expiresAt;
+      it.expiresAt = serverTime(done.expires_at) || it.expiresAt;
       setState(it, "done");
       announce(`${it.name} anonymized: ${countsSentence(it.counts)}.`);
       renderQueue();
@@ -568,7 +602,7 @@
     if (it.state !== "failed") return;
     Object.assign(it, { state: "ready", error: null, progress: 0 });
     updateRow(it);
-    startRun();
+    startRun(null, [it]);
   }
 
   async function removeItem(it) {
@@ -890,6 +924,8 @@
     const stage = $("stage");
     const noBefore = !beforeAvailable();
     stage.classList.toggle("no-before", noBefore);
+    $("foot-compare").classList.toggle("is-disabled", noBefore);
+    $("compare").disabled = noBefore;
     if (noBefore) {
       note.hidden = false;
       note.textContent = mode === "compare"
@@ -950,8 +986,9 @@
     const { w, h } = imageSize();
     const counters = {};
     const nodes = edit.regions.map((r, idx) => {
-      counters[r.target] = (counters[r.target] || 0) + 1;
-      const label = `${REGION_NAMES[r.target] || "Area"} ${counters[r.target]}`;
+      if (!r.added) counters[r.target] = (counters[r.target] || 0) + 1;
+      const label = r.added ? `New ${(REGION_NAMES[r.target] || "area").toLowerCase()}`
+        : `${REGION_NAMES[r.target] || "Area"} ${counters[r.target]}`;
       const [x1, y1, x2, y2] = r.box;
       const state = r.added ? "added" : (r.hidden ? "hidden" : "shown");
       const verb = r.added ? "added; press to remove it" : (r.hidden ? "hidden; press to show it" : "will be shown; press to hide it again");
