@@ -118,3 +118,46 @@ def test_cli_detect_bad_input_is_a_clean_error(tmp_path: Path):
     assert res.exit_code == 2 and "unknown target" in res.output
     res = CliRunner().invoke(app, ["detect", str(tmp_path / "missing.jpg")])
     assert res.exit_code != 0 and "no such file" in res.output
+
+
+def car_with_plate() -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A drawn car rear with a white plate and dark characters; returns (rgb, plate box)."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("RGB", (640, 480), (90, 95, 105))
+    d = ImageDraw.Draw(img)
+    d.rectangle([120, 150, 520, 400], fill=(160, 20, 30))
+    plate = (250, 300, 390, 340)
+    d.rectangle(plate, fill=(245, 245, 240), outline=(20, 20, 20), width=3)
+    d.text((262, 304), "7ABC123", fill=(10, 10, 60), font=ImageFont.load_default(size=28))
+    return np.asarray(img), plate
+
+
+def test_plate_found(engine):
+    rgb, plate = car_with_plate()
+    plates = by_target(engine.detect(rgb, ("plate",)), "plate")
+    assert plates
+    assert iou_matrix(np.array([plates[0].box]), np.array([plate], dtype=np.float32))[0, 0] > 0.5
+
+
+def test_permissive_engine_covers_all_targets(photos):
+    from veil.detection.engine import Engine
+
+    eng = Engine("balanced", permissive=True)
+    assert not any("AGPL" in n or "yolo" in n for n in eng.model_names())
+    rgb, plate = car_with_plate()
+    plates = by_target(eng.detect(rgb, ("plate",)), "plate")
+    assert plates and iou_matrix(np.array([p.box for p in plates]), np.array([plate], dtype=np.float32)).max() > 0.3
+    assert len(by_target(eng.detect(rgb_of(photos["bus"]), ("person",)), "person")) >= 3
+    assert by_target(eng.detect(rgb_of(photos["astronaut"]), ("face",)), "face")
+
+
+def test_presets_trade_recall_for_speed(photos):
+    from veil.detection.engine import get_engine
+    from veil.detection.presets import PRESETS
+
+    assert set(PRESETS) == {"fast", "balanced", "thorough"}
+    rgb = rgb_of(photos["zidane"])
+    for name in PRESETS:
+        faces = by_target(get_engine(name).detect(rgb, ("face",)), "face")
+        assert len(faces) >= 2, name

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 #: Blocks across the object (geometric mean of its box sides) at strength 0 and 100.
-BLOCKS = {"blur": (4.0, 2.0), "pixelate": (6.0, 3.5)}
+BLOCKS = {"blur": (4.0, 2.0), "pixelate": (4.5, 2.5)}
 MIN_BLOCK_PX = 2.0
 #: Standard deviation (0-255 levels) of the noise added to each block.
 BLOCK_NOISE = {"blur": 4.0, "pixelate": 10.0}
