@@ -91,3 +91,46 @@ def jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=92, **kw)
     return buf.getvalue()
+
+
+# -- imageio / masking / pipeline / CLI fixtures ------------------------------------------
+@pytest.fixture(scope="session")
+def astronaut_rgb() -> np.ndarray:
+    """scikit-image's astronaut (512x512, one frontal face near (180, 66)-(270, 176))."""
+    from skimage import data as skdata
+
+    return np.ascontiguousarray(skdata.astronaut())
+
+
+@pytest.fixture(scope="session")
+def hopper_rgb() -> np.ndarray:
+    """matplotlib's grace_hopper.jpg (512x600, one face near (179, 119)-(354, 332))."""
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+class FakeEngine:
+    """A stand-in engine returning fixed detections (pipeline/CLI logic without models).
+
+    ``outputs`` is consumed one list per ``detect`` call; the last one repeats.
+    """
+
+    def __init__(self, *outputs, names=("fake-face (test)",)):
+        self.outputs = [list(o) for o in outputs] or [[]]
+        self.calls: list[tuple[str, ...]] = []
+        self.names = list(names)
+
+    def detect(self, rgb, targets=("face", "person", "plate")):
+        self.calls.append(tuple(targets))
+        i = min(len(self.calls) - 1, len(self.outputs) - 1)
+        return [d for d in self.outputs[i]]
+
+    def model_names(self, targets=()):
+        return list(self.names)
+
+
+@pytest.fixture
+def fake_engine():
+    return FakeEngine

@@ -60,14 +60,14 @@ def test_job_life_cycle_zip_and_audit(live, client):
     outputs = []
     for img, original in zip(done["images"], (astro, grace)):
         assert img["status"] == "done" and img["error"] is None
-        assert img["detections"]["face"] >= 1
+        assert img["detections"].get("face", 0) >= 1
         r = client.get(img["url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert r.content != original
         assert hashlib.sha256(r.content).hexdigest() == img["sha256"]
         assert Image.open(io.BytesIO(r.content)).size == Image.open(io.BytesIO(original)).size
         outputs.append(r.content)
-    assert done["detections"]["face"] >= 2
+    assert done["detections"].get("face", 0) >= 2
 
     r = client.get(f"/api/v1/jobs/{job['id']}/archive")
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
@@ -145,7 +145,7 @@ def test_anonymize_sync(client):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/jpeg" and r.content != grace
     report = json.loads(r.headers["x-veil-report"])
-    assert report["detections"]["face"] >= 1
+    assert report["detections"].get("face", 0) >= 1
     # raw body + options in the query string, asking for PNG out
     r = client.post(
         "/api/v1/anonymize",

@@ -51,7 +51,7 @@ def test_client_round_trip(live, tmp_path):
         with pytest.raises(ApiError):
             c.status(job)
         data, report, ctype = c.anonymize(photo, options=FAST)
-        assert ctype == "image/jpeg" and report["detections"]["face"] >= 1 and data != photo.read_bytes()
+        assert ctype == "image/jpeg" and report["detections"].get("face", 0) >= 1 and data != photo.read_bytes()
         with pytest.raises(ApiError) as err:
             c.submit([b"not an image at all"])
         assert err.value.status == 415 and err.value.errors[0]["field"] == "files[0]"

@@ -33,3 +33,12 @@ def _register_server() -> None:
 
 
 _register_server()
+
+
+def _register_anonymize() -> None:
+    from veil.cli import anonymize
+
+    app.command("anonymize")(anonymize.anonymize)
+
+
+_register_anonymize()

@@ -122,6 +122,8 @@ class TargetScore:
             "recall_16px_up": self.recall_at_least(16),
             "recall_32px_up": self.recall_at_least(32),
             "predicted": self.predicted,
+            "scored": self.scored,
+            "matched": self.matched,
             "boxes_per_image": self.boxes_per_image,
             "precision": self.precision,
             "images": self.images,

@@ -12,10 +12,10 @@ from veil.detection.engine import Engine
 from veil.evaluation.labels import LabelledImage
 from veil.evaluation.metric import TargetScore
 from veil.imageio import load_image
+from veil.masking.shapes import FACE_LIKE, margin_for
 
-#: Face-like detections are hidden with the anonymizer's face margin; eval measures the
-#: pixels that would really be hidden, so it applies the same growth.
-FACE_LIKE = ("face", "head")
+#: Eval measures the pixels the anonymizer would really hide, so every box grows by the
+#: same margin the masking stage applies (``--margin`` for faces and heads).
 
 
 def grow(box: Sequence[float], margin: float) -> tuple[float, float, float, float]:
@@ -56,7 +56,7 @@ def evaluate(
         times.append((time.perf_counter() - t0) * 1000)
         for t in targets:
             kinds = FACE_LIKE if t == "face" else (t,)
-            preds = [grow(d.box, face_margin) if d.target in FACE_LIKE else d.box for d in dets if d.target in kinds]
+            preds = [grow(d.box, margin_for(d.target, face_margin)) for d in dets if d.target in kinds]
             arr = np.array(preds, dtype=np.float32).reshape(-1, 4)
             scores[t].add(im.boxes.get(t, np.zeros((0, 4), np.float32)), im.ignore.get(t, np.zeros((0, 4), np.float32)), arr)
         if progress:

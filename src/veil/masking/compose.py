@@ -33,6 +33,8 @@ class MaskedRegion:
     style: str
     shape: str
     fallback: str | None = None
+    #: Why it was hidden: ``detect`` (engine), ``manual`` (given regions) or ``verify``.
+    stage: str = "detect"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class MaskedRegion:
             "style": self.style,
             "shape": self.shape,
             "fallback": self.fallback,
+            "stage": self.stage,
         }
 
 
@@ -59,6 +62,7 @@ def mask_detections(
     options: Options,
     *,
     strength: int | None = None,
+    stage: str = "detect",
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, list[MaskedRegion]]:
     """A masked copy of ``rgb`` (uint8 HxWx3) and one :class:`MaskedRegion` per region hidden."""
@@ -75,7 +79,7 @@ def mask_detections(
         color = tuple(ts.color)
         groups.setdefault((ts.style, color if ts.style == "fill" else None), []).append(_Item(det, mask, ts.style, color))
         box = tuple(float(min(max(v, 0), lim)) for v, lim in zip(det.box, (width, height, width, height)))
-        regions.append(MaskedRegion(det.target, float(det.score), box, ts.style, mask.shape, mask.fallback))
+        regions.append(MaskedRegion(det.target, float(det.score), box, ts.style, mask.shape, mask.fallback, stage))
     out = rgb.copy()
     order = sorted(groups.values(), key=lambda items: min(_LAYER.get(i.det.target, 0) for i in items))
     for items in order:

@@ -1,0 +1,240 @@
+"""``veil anonymize``: hide faces, people and plates in photos, files or whole folders.
+
+Outputs mirror the input tree under ``-o OUTDIR`` (same names; the extension follows
+``--format``); without ``-o`` each ``photo.jpg`` gets a ``photo.anonymized.jpg`` beside
+it; ``--in-place`` replaces the originals (atomically). A bad file is reported and
+skipped; the exit code is 1 when some failed, 2 for bad options, 3 when models fail.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from veil.cli.common import console, err_console, user_errors
+from veil.cli.paths import collect_images
+from veil.errors import ModelError, OptionsError, VeilError
+from veil.imageio import EXTENSIONS, atomic_write
+from veil.pipeline.options import Options
+
+_SUFFIX = ".anonymized"
+
+
+class _Rate(ProgressColumn):
+    """Images per second (rich's own speed column is for bytes)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} img/s" if speed else "-- img/s", style="progress.data.speed")
+
+
+# -- planning: which file goes where ----------------------------------------------------
+def _options(config: Path | None, overrides: dict[str, Any]) -> Options:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Options.from_toml(config, values) if config else Options.from_mapping(values)
+
+
+def _destination(src: Path, root: Path, outdir: Path | None, in_place: bool, fmt: str | None) -> Path:
+    if in_place:
+        return src
+    if outdir is not None:
+        dst = outdir / src.relative_to(root)
+    else:
+        dst = src.with_name(src.stem + _SUFFIX + src.suffix)
+    return dst.with_suffix(EXTENSIONS[fmt]) if fmt else dst
+
+
+def plan(paths: list[Path], outdir: Path | None, in_place: bool, fmt: str | None) -> list[tuple[Path, Path]]:
+    """``(source, destination)`` for every input image; refuses collisions up front."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise OptionsError(f"no such file or folder: {', '.join(missing)}")
+    out_resolved = outdir.resolve() if outdir else None
+    jobs: list[tuple[Path, Path]] = []
+    for src, root in collect_images(paths):
+        from_folder = src not in paths
+        if (from_folder and out_resolved is not None and out_resolved != root.resolve()
+                and src.resolve().is_relative_to(out_resolved)):
+            continue  # an earlier run's outputs, in a folder inside the input folder
+        if from_folder and outdir is None and not in_place and src.stem.endswith(_SUFFIX):
+            continue
+        jobs.append((src, _destination(src, root, outdir, in_place, fmt)))
+    seen: dict[Path, Path] = {}
+    for src, dst in jobs:
+        key = dst.resolve()
+        if key in seen:
+            raise OptionsError(f"{seen[key]} and {src} would both be written to {dst}")
+        seen[key] = src
+        if not in_place and key == src.resolve():
+            raise OptionsError(f"{src} would be overwritten by its output; choose another -o folder or use --in-place")
+    return jobs
+
+
+# -- work: one image, in this process or a worker -----------------------------------------
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # --jobs already uses the cores
+
+
+def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: bool) -> dict[str, Any]:
+    """Anonymize one file; never raises for a bad file (the batch goes on)."""
+    from veil.pipeline.core import anonymize_file
+
+    item: dict[str, Any] = {"path": src, "output": None if dry_run else dst, "ok": False}
+    try:
+        if not dry_run:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        report = anonymize_file(Path(src), None if dry_run else Path(dst), options, overwrite_input=in_place)
+        item.update(ok=True, report=report.to_json())
+    except ModelError as exc:
+        item.update(error=str(exc), fatal=True)
+    except VeilError as exc:
+        item["error"] = str(exc)
+    except OSError as exc:
+        item["error"] = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    except Exception as exc:  # a bug on one odd file must not lose the rest of the batch
+        item["error"] = f"internal error ({type(exc).__name__}: {exc})"
+    return item
+
+
+def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_place: bool, workers: int) -> Iterator[dict]:
+    args = [(str(s), str(d), options, dry_run, in_place) for s, d in jobs]
+    if workers <= 1 or len(args) <= 1:
+        for a in args:
+            item = process_one(*a)
+            yield item
+            if item.get("fatal"):
+                return
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX threads
+    with ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = [pool.submit(process_one, *a) for a in args]
+        try:
+            for fut in as_completed(futures):
+                item = fut.result()
+                yield item
+                if item.get("fatal"):
+                    break
+        finally:
+            for f in futures:
+                f.cancel()
+
+
+# -- output --------------------------------------------------------------------------------
+def _print_dry_run(item: dict) -> None:
+    rep = item["report"]
+    console.print(f"[bold]{item['path']}[/] ({rep['width']}x{rep['height']} {rep['format_in']})", highlight=False)
+    for r in rep["regions"]:
+        box = ", ".join(f"{v:.0f}" for v in r["box"])
+        fb = f" (fallback from {r['fallback']})" if r.get("fallback") else ""
+        console.print(f"  would hide {r['target']:<6} {r['score']:.2f} [{box}] {r['style']}/{r['shape']}{fb}", highlight=False)
+    if not rep["regions"]:
+        console.print("  nothing to hide", highlight=False)
+    if rep["metadata_removed"]:
+        console.print(f"  would remove metadata: {', '.join(rep['metadata_removed'])}", highlight=False)
+
+
+def _summary(items: list[dict], dry_run: bool) -> dict[str, Any]:
+    hidden: dict[str, int] = {}
+    metadata: dict[str, int] = {}
+    verify = 0
+    for it in items:
+        rep = it.get("report") or {}
+        for t, n in rep.get("hidden", {}).items():
+            hidden[t] = hidden.get(t, 0) + n
+        for m in rep.get("metadata_removed", []):
+            metadata[m] = metadata.get(m, 0) + 1
+        verify += rep.get("verify_found") or 0
+    ok = sum(1 for it in items if it["ok"])
+    return {"images": len(items), "done": ok, "failed": len(items) - ok, "dry_run": dry_run,
+            "hidden": hidden, "metadata_removed": metadata, "verify_found": verify}  # fmt: skip
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    verb = "checked" if s["dry_run"] else "anonymized"
+    colour = "red" if s["failed"] else "green"
+    console.print(f"[bold {colour}]{s['done']} image(s) {verb}, {s['failed']} failed[/]", highlight=False)
+    names = {"face": "faces", "head": "heads", "person": "people", "plate": "plates"}
+    hidden = ", ".join(f"{s['hidden'].get(t, 0)} {n}" for t, n in names.items() if t != "head" or s["hidden"].get(t))
+    console.print(f"{'would hide' if s['dry_run'] else 'hidden'}: {hidden}", highlight=False)
+    if s["verify_found"]:
+        console.print(f"verify pass: {s['verify_found']} more face(s) found and hidden", highlight=False)
+    meta = ", ".join(f"{k} ({v})" for k, v in sorted(s["metadata_removed"].items())) or "none found"
+    console.print(f"metadata {'to remove' if s['dry_run'] else 'removed'}: {meta}", highlight=False)
+
+
+@user_errors
+def anonymize(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; mirrors the input tree. Default: photo.anonymized.jpg beside each photo."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace the originals (atomically)."),
+    targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: all)."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="fast, balanced (default) or thorough."),
+    style: Optional[str] = typer.Option(None, "--style", help="blur (default), pixelate or fill."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="box, ellipse or mask (default: ellipse for faces, box otherwise)."),
+    strength: Optional[int] = typer.Option(None, "--strength", help="0-100 (default 30); scales with each object's size."),
+    feather: Optional[float] = typer.Option(None, "--feather", help="Soft edge, 0-1 (default 0.2)."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="Growth of face boxes, 1.0-3.0 (default 1.3)."),
+    color: Optional[str] = typer.Option(None, "--color", help="Fill colour, #RRGGBB (default #000000)."),
+    face_style: Optional[str] = typer.Option(None, "--face-style", help="Style for faces and heads only."),
+    person_style: Optional[str] = typer.Option(None, "--person-style", help="Style for people only."),
+    plate_style: Optional[str] = typer.Option(None, "--plate-style", help="Style for plates only."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Re-scan outputs for faces (default: on with --preset thorough)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="jpeg, png, webp, tiff, bmp or heif (default: the input's)."),
+    quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WEBP/HEIF quality 1-100 (default: the input's, else 92)."),
+    keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Comma-separated safe fields to keep: icc,orientation,dpi,copyright,artist,datetime."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Options preset file (TOML); flags override it."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the run here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be hidden; write nothing."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (each loads the models once)."),
+) -> None:
+    """Hide faces, people and licence plates; strip identifying metadata."""
+    options = _options(config, {
+        "targets": targets, "preset": preset, "style": style, "shape": shape, "strength": strength,
+        "feather": feather, "margin": margin, "color": color, "face_style": face_style,
+        "person_style": person_style, "plate_style": plate_style, "verify": verify, "format": fmt,
+        "quality": quality, "keep_metadata": keep_metadata,
+    })  # fmt: skip
+    if in_place and output is not None:
+        raise OptionsError("use either -o/--output or --in-place, not both")
+    if in_place and options.format:
+        raise OptionsError("--in-place cannot change the format (--format); write to -o instead")
+    if jobs < 1:
+        raise OptionsError("--jobs must be at least 1", field="jobs")
+    work = plan(paths, output, in_place, options.format)
+    if not work:
+        raise OptionsError("no images found in the given paths")
+
+    items: list[dict] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("dry run" if dry_run else "anonymize", total=len(work))
+        for item in _run(work, options, dry_run, in_place, jobs):
+            items.append(item)
+            if not item["ok"]:
+                bar.console.print(f"[red]failed[/] {item['path']}: {item['error']}", highlight=False, soft_wrap=True)
+            elif dry_run:
+                _print_dry_run(item)
+            bar.advance(task)
+    summary = _summary(items, dry_run)
+    _print_summary(summary)
+    if report is not None:
+        from veil import __version__
+
+        doc = {"veil": __version__, "options": options.to_json(), "summary": summary, "images": items}
+        report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(report, json.dumps(doc, indent=2).encode())
+        console.print(f"report: {report}", highlight=False)
+    fatal = next((it for it in items if it.get("fatal")), None)
+    if fatal is not None:
+        raise ModelError(fatal["error"])
+    if summary["failed"]:
+        raise typer.Exit(1)
