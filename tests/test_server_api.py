@@ -16,12 +16,9 @@ from test_server_support import (
     astronaut_jpeg,
     bomb_png,
     grace_hopper_jpeg,
-    needs_pipeline,
     shared_main_server,
     wait_job,
 )
-
-pytestmark = needs_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +74,7 @@ def test_job_life_cycle_zip_and_audit(live, client):
     zf = zipfile.ZipFile(io.BytesIO(client.get(f"/api/v1/jobs/{job['id']}/archive?names=original").content))
     assert zf.namelist() == ["0001_astronaut.jpg", "0002_grace_hopper.jpg"]
 
-    entry = [e for e in live.state.audit.entries(job_id=job["id"])][0]
+    entry = next(iter(live.state.audit.entries(job_id=job["id"])))
     assert entry.event == "job" and entry.image_count == 2 and entry.key_id is None
     assert entry.outputs == [hashlib.sha256(o).hexdigest() for o in outputs]
     assert entry.options["preset"] == "fast" and entry.detections["face"] >= 2

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from test_server_support import (
-    FakePipeline,
+    FAST,
     assert_problem,
+    occupy_worker,
+    small_photo,
     start_server,
-    tiny_png,
+    submit,
     wait_job,
 )
 from typer.testing import CliRunner
@@ -22,21 +24,16 @@ from veil.server.keys import hash_key
 
 @pytest.fixture(scope="module")
 def keyed():
-    """A loopback server that requires keys (forced by config), with a pausable pipeline."""
-    pipe = FakePipeline()
+    """A loopback server that requires keys (forced by config), one worker, real pipeline."""
     srv = start_server(
         ServerConfig(data_dir=Path(tempfile.mkdtemp()), require_keys=True, workers=1, queue_size=8,
                      limits=ServerLimits(max_concurrent_jobs_per_key=2)),
-        pipeline=pipe,
     )
-    srv.pipe = pipe
     yield srv
     srv.stop()
 
 
-def _submit(client, n=1, **data):
-    files = [("files", (f"p{i}.png", tiny_png(), "image/png")) for i in range(n)]
-    return client.post("/api/v1/jobs", files=files, data=data)
+_submit = submit  # small real photos, fast preset
 
 
 def test_key_required_mode_refuses_missing_and_bad_keys(keyed):
@@ -95,33 +92,35 @@ def test_daily_quota_gives_429_with_retry_after(keyed):
         r = _submit(c, n=1)  # the last one still fits
         assert r.status_code == 202
         wait_job(c, r.json()["id"])
-        r = c.post("/api/v1/anonymize", files={"file": ("x.png", tiny_png())})
+        r = c.post("/api/v1/anonymize", files={"file": ("x.jpg", small_photo())}, data={"options": json.dumps(FAST)})
         assert_problem(r, 429)
 
 
-def test_concurrent_jobs_per_key_limit(keyed):
+def test_concurrent_jobs_per_key_limit(keyed, photos):
     token = keyed.state.keys.create("busy", max_concurrent=1).token
-    keyed.pipe.gate.clear()  # hold jobs in the worker
-    try:
-        with keyed.client(Authorization=f"Bearer {token}") as c:
+    other = keyed.state.keys.create("other").token
+    with keyed.client(Authorization=f"Bearer {other}") as oc, keyed.client(Authorization=f"Bearer {token}") as c:
+        blocker = occupy_worker(oc, photos)  # the one worker is busy with another key's job
+        try:
             first = _submit(c)
             assert first.status_code == 202
+            assert c.get(f"/api/v1/jobs/{first.json()['id']}").json()["status"] == "queued"
             r = _submit(c)
             body = assert_problem(r, 429)
-            assert "unfinished" in body["detail"] and r.headers.get("retry-after")
-    finally:
-        keyed.pipe.gate.set()
-    with keyed.client(Authorization=f"Bearer {token}") as c:
-        wait_job(c, first.json()["id"])
-        r = _submit(c)  # room again
+            assert "unfinished" in body["detail"] and int(r.headers["retry-after"]) > 0
+            # the limit is per key: the other key still has room
+            assert _submit(oc).status_code == 202
+        finally:
+            assert oc.delete(f"/api/v1/jobs/{blocker}").status_code == 204
+        assert wait_job(c, first.json()["id"])["status"] == "done"
+        r = _submit(c)  # finished: room again
         assert r.status_code == 202
         wait_job(c, r.json()["id"])
 
 
 def test_open_local_mode_and_non_loopback_binding():
-    pipe = FakePipeline()
     data_dir = Path(tempfile.mkdtemp())
-    srv = start_server(ServerConfig(data_dir=data_dir), pipeline=pipe)
+    srv = start_server(ServerConfig(data_dir=data_dir))
     try:
         with srv.client() as c:
             assert c.get("/api/v1/health").json()["auth"] == "open"
@@ -132,11 +131,13 @@ def test_open_local_mode_and_non_loopback_binding():
             token = srv.state.keys.create("now-keyed").token
             assert_problem(_submit(c), 401)
         with srv.client(Authorization=f"Bearer {token}") as c:
-            assert _submit(c).status_code == 202
+            r = _submit(c)
+            assert r.status_code == 202
+            assert wait_job(c, r.json()["id"])["status"] == "done"
     finally:
         srv.stop()
     # configured for a public address: keys required even with none created
-    public = start_server(ServerConfig(host="0.0.0.0", data_dir=Path(tempfile.mkdtemp())), pipeline=pipe)
+    public = start_server(ServerConfig(host="0.0.0.0", data_dir=Path(tempfile.mkdtemp())))
     try:
         assert public.state.auth_required()
         with public.client() as c:

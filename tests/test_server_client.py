@@ -12,14 +12,11 @@ from test_server_support import (
     FAST,
     astronaut_jpeg,
     grace_hopper_jpeg,
-    needs_pipeline,
     shared_main_server,
 )
 from typer.testing import CliRunner
 
 from veil.client import ApiError, Client
-
-pytestmark = needs_pipeline
 
 
 @pytest.fixture(scope="module")

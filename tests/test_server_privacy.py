@@ -12,12 +12,9 @@ from pathlib import Path
 from test_server_support import (
     FAST,
     astronaut_jpeg,
-    needs_pipeline,
     shared_main_server,
     wait_job,
 )
-
-pytestmark = needs_pipeline
 
 
 def _unique_photo() -> bytes:

@@ -1,17 +1,20 @@
-"""Queue bounds, expiry, delete-after-download and memory bookkeeping (stand-in pipeline)."""
+"""Queue bounds, expiry, delete-after-download and memory bookkeeping (real pipeline)."""
 
 from __future__ import annotations
 
 import io
 import time
 import zipfile
+from datetime import datetime
 
 import pytest
 from test_server_support import (
-    FakePipeline,
     assert_problem,
+    occupy_worker,
+    png_bytes,
+    small_photo,
     start_server,
-    tiny_png,
+    submit,
     wait_job,
 )
 
@@ -19,57 +22,60 @@ from veil.server.config import ServerConfig
 from veil.server.queue import JobQueue, QueueFull, ThreadPoolQueue
 from veil.server.uploads import safe_stem, sniff_format
 
-
-def _submit(c, n=1, **data):
-    files = [("files", (f"img{i}.png", tiny_png(), "image/png")) for i in range(n)]
-    return c.post("/api/v1/jobs", files=files, data=data)
+_submit = submit  # small real photos, fast preset
 
 
-def test_queue_full_gives_503_with_retry_after_and_recovers(tmp_path):
-    pipe = FakePipeline()
-    pipe.gate.clear()
-    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1, queue_size=1), pipeline=pipe)
+def test_queue_full_gives_503_with_retry_after_and_recovers(tmp_path, photos):
+    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1, queue_size=1))
     try:
         with srv.client() as c:
-            running = _submit(c).json()["id"]
-            deadline = time.monotonic() + 10
-            while srv.state.queue.stats()["running"] == 0:  # the worker holds the first job
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            waiting = _submit(c).json()["id"]
+            running = occupy_worker(c, photos)  # the one worker holds this job
+            waiting = _submit(c)
+            assert waiting.status_code == 202, waiting.text
+            waiting = waiting.json()["id"]
+            assert srv.state.queue.stats() == {"pending": 1, "running": 1, "workers": 1, "capacity": 1}
             r = _submit(c)
             assert_problem(r, 503)
             assert int(r.headers["retry-after"]) >= 1
             assert c.get("/api/v1/health").status_code == 200  # still serving
-            pipe.gate.set()
-            assert wait_job(c, running)["status"] == "done"
-            assert wait_job(c, waiting)["status"] == "done"
-            assert _submit(c).status_code == 202
+            assert c.get(f"/api/v1/jobs/{waiting}").json()["status"] == "queued"
+            assert c.delete(f"/api/v1/jobs/{running}").status_code == 204  # free the worker
+            done = wait_job(c, waiting)
+            assert done["status"] == "done" and done["images"][0]["detections"]["face"] >= 1
+            r = _submit(c)
+            assert r.status_code == 202
+            assert wait_job(c, r.json()["id"])["status"] == "done"
     finally:
-        pipe.gate.set()
         srv.stop()
 
 
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
 def test_results_expire_after_ttl(tmp_path):
-    srv = start_server(ServerConfig(data_dir=tmp_path, ttl=0.6, sweep_interval=0.1), pipeline=FakePipeline())
+    srv = start_server(ServerConfig(data_dir=tmp_path, ttl=2.0, sweep_interval=0.1))
     try:
         with srv.client() as c:
             job = _submit(c, n=2).json()["id"]
             body = wait_job(c, job)
+            assert body["status"] == "done"
             assert body["expires_at"] >= body["finished_at"]
             assert c.get(f"/api/v1/jobs/{job}/images/1").status_code == 200
-            time.sleep(1.0)
+            assert c.get("/api/v1/health").json()["held_bytes"] > 0
+            # expires_at is given to the second (truncated): its real moment is < 1 s later
+            time.sleep(max(0.0, _ts(body["expires_at"]) + 1.0 - time.time()) + 0.4)
+            assert srv.state.store.one("SELECT COUNT(*) AS n FROM jobs")["n"] == 0  # swept, not just hidden
+            assert c.get("/api/v1/health").json()["held_bytes"] == 0
             assert_problem(c.get(f"/api/v1/jobs/{job}"), 404)
             assert_problem(c.get(f"/api/v1/jobs/{job}/images/0"), 404)
             assert_problem(c.get(f"/api/v1/jobs/{job}/archive"), 404)
-            assert srv.state.store.one("SELECT COUNT(*) AS n FROM jobs")["n"] == 0  # swept, not just hidden
-            assert c.get("/api/v1/health").json()["held_bytes"] == 0
     finally:
         srv.stop()
 
 
 def test_delete_after_download_and_deletes(tmp_path):
-    srv = start_server(ServerConfig(data_dir=tmp_path), pipeline=FakePipeline())
+    srv = start_server(ServerConfig(data_dir=tmp_path))
     try:
         with srv.client() as c:
             job = _submit(c, n=2, delete_after_download="true").json()["id"]
@@ -93,7 +99,7 @@ def test_delete_after_download_and_deletes(tmp_path):
             assert_problem(c.get(f"/api/v1/jobs/{job}/images/1"), 404)
             assert_problem(c.delete(f"/api/v1/jobs/{job}/images/1"), 404)
             names = zipfile.ZipFile(io.BytesIO(c.get(f"/api/v1/jobs/{job}/archive").content)).namelist()
-            assert names == ["0001.png"]
+            assert names == ["0001.jpg"]
             assert c.delete(f"/api/v1/jobs/{job}").status_code == 204
             assert_problem(c.get(f"/api/v1/jobs/{job}"), 404)
             assert_problem(c.delete(f"/api/v1/jobs/{job}"), 404)
@@ -103,41 +109,52 @@ def test_delete_after_download_and_deletes(tmp_path):
         srv.stop()
 
 
-def test_delete_while_queued_cancels(tmp_path):
-    pipe = FakePipeline()
-    pipe.gate.clear()
-    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1, queue_size=4), pipeline=pipe)
+def test_delete_while_queued_cancels(tmp_path, photos):
+    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1, queue_size=4))
     try:
         with srv.client() as c:
+            blocker = occupy_worker(c, photos)
             first = _submit(c).json()["id"]
+            held = c.get("/api/v1/health").json()["held_bytes"]
             second = _submit(c, n=3).json()["id"]
+            assert c.get("/api/v1/health").json()["held_bytes"] == held + 3 * len(small_photo())
+            assert srv.state.queue.stats()["pending"] == 2
             assert c.delete(f"/api/v1/jobs/{second}").status_code == 204
             assert_problem(c.get(f"/api/v1/jobs/{second}"), 404)
-            pipe.gate.set()
-            wait_job(c, first)
-            assert pipe.calls == 1  # the deleted job never ran
-            assert c.get("/api/v1/health").json()["held_bytes"] > 0  # first job's result
+            # out of the queue and out of memory at once, while the worker is still busy
+            assert srv.state.queue.stats()["pending"] == 1
+            assert c.get("/api/v1/health").json()["held_bytes"] == held
+            assert c.get(f"/api/v1/jobs/{blocker}").json()["status"] == "processing"
+            assert c.delete(f"/api/v1/jobs/{blocker}").status_code == 204
+            assert wait_job(c, first)["status"] == "done"
+            third = _submit(c).json()["id"]
+            assert wait_job(c, third)["status"] == "done"
+            # the deleted job never ran: no audit entry, while the jobs that ran have one
+            audited = {e.job_id for e in srv.state.audit.entries(limit=50)}
+            assert {first, third} <= audited and second not in audited and blocker not in audited
+            assert c.get("/api/v1/health").json()["held_bytes"] > 0  # finished jobs' results
             c.delete(f"/api/v1/jobs/{first}")
+            c.delete(f"/api/v1/jobs/{third}")
             assert c.get("/api/v1/health").json()["held_bytes"] == 0
     finally:
-        pipe.gate.set()
         srv.stop()
 
 
-def test_archive_not_ready_while_processing(tmp_path):
-    pipe = FakePipeline()
-    pipe.gate.clear()
-    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1), pipeline=pipe)
+def test_archive_not_ready_while_queued(tmp_path, photos):
+    srv = start_server(ServerConfig(data_dir=tmp_path, workers=1))
     try:
         with srv.client() as c:
+            blocker = occupy_worker(c, photos)
             job = _submit(c).json()["id"]
             assert_problem(c.get(f"/api/v1/jobs/{job}/archive"), 409)
-            assert_problem(c.get(f"/api/v1/jobs/{job}/images/0"), 409)
+            r = c.get(f"/api/v1/jobs/{job}/images/0")
+            assert "queued" in assert_problem(r, 409)["detail"] and r.headers["retry-after"]
             assert_problem(c.get(f"/api/v1/jobs/{job}/images/5"), 404)
-            pipe.gate.set()
-            wait_job(c, job)
+            assert_problem(c.get(f"/api/v1/jobs/{blocker}/archive"), 409)  # processing: not ready either
+            assert c.delete(f"/api/v1/jobs/{blocker}").status_code == 204
+            assert wait_job(c, job)["status"] == "done"
+            assert c.get(f"/api/v1/jobs/{job}/archive").status_code == 200
     finally:
-        pipe.gate.set()
         srv.stop()
 
 
@@ -164,7 +181,8 @@ def test_safe_names_and_sniffing():
     assert safe_stem("..hidden.jpg") == "hidden"
     assert safe_stem("////") is None and safe_stem(None) is None
     assert len(safe_stem("x" * 500 + ".jpg")) == 64
-    assert sniff_format(tiny_png()) == "png"
+    assert sniff_format(png_bytes(small_photo())) == "png"
+    assert sniff_format(small_photo()) == "jpeg"
     assert sniff_format(b"\xff\xd8\xff\xe0" + b"\0" * 20) == "jpeg"
     assert sniff_format(b"GIF89a" + b"\0" * 20) is None
     assert sniff_format(b"hello world, not an image") is None

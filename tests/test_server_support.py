@@ -1,15 +1,16 @@
 """Shared helpers for the server tests (no tests here).
 
-Real servers: uvicorn in a thread on a pre-bound 127.0.0.1 socket, real httpx clients.
-The main server runs the real pipeline (``veil.pipeline.core``) and is started once per
-test session; servers that test queue/auth/webhook/expiry mechanics use a small
-deterministic stand-in pipeline so they do not depend on model speed.
+Real servers: uvicorn in a thread on a pre-bound 127.0.0.1 socket, real httpx clients,
+and always the real pipeline (``veil.pipeline.core.anonymize_bytes``) on real photos.
+The main server is started once per test session; servers with a special configuration
+(one worker, short TTL, keys required...) are cheap to start because the detection
+engine is cached per process, so models load once per session whichever server runs.
+Behaviour that needs a busy worker gets one with real work: :func:`occupy_worker`.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import io
 import json
 import socket
@@ -18,27 +19,20 @@ import tempfile
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 
 from veil.server.app import create_app
 from veil.server.config import ServerConfig, ServerLimits
 
-
-def pipeline_available() -> bool:
-    return importlib.util.find_spec("veil.pipeline.core") is not None
-
-
-needs_pipeline = pytest.mark.skipif(not pipeline_available(), reason="veil.pipeline.core is not there yet")
-
 #: Options that keep real-pipeline tests quick.
 FAST = {"preset": "fast"}
+#: Options of the job that keeps a worker busy: full-size photos, several detectors each.
+BUSY = {"preset": "balanced"}
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -59,7 +53,7 @@ class ServerThread:
     def state(self) -> Any:
         return self.app.state.veil
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -77,8 +71,9 @@ class ServerThread:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120, trust_env=False)
 
 
-def start_server(config: ServerConfig, pipeline: Callable[..., Any] | None = None) -> ServerThread:
-    return ServerThread(create_app(config, pipeline=pipeline)).start()
+def start_server(config: ServerConfig) -> ServerThread:
+    """A real server running the real pipeline (``create_app``'s default)."""
+    return ServerThread(create_app(config)).start()
 
 
 _SHARED: dict[str, ServerThread] = {}
@@ -131,46 +126,6 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> 
     return body
 
 
-# -- a stand-in pipeline for mechanics tests -------------------------------------------------
-@dataclass
-class FakeReport:
-    counts: dict[str, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"detections": dict(self.counts)}
-
-
-@dataclass
-class FakeResult:
-    data: bytes
-    content_type: str
-    format: str
-    report: FakeReport
-
-
-@dataclass
-class FakePipeline:
-    """Returns a fixed small PNG; can be paused with ``gate`` to hold jobs in the queue."""
-
-    delay: float = 0.0
-    gate: threading.Event = field(default_factory=lambda: _set_event())
-    calls: int = 0
-
-    def __call__(self, data: bytes, options: Any, *, regions: Any = None, **_: Any) -> FakeResult:
-        self.gate.wait(30)
-        if self.delay:
-            time.sleep(self.delay)
-        self.calls += 1
-        n = len(regions) if regions is not None else 1
-        return FakeResult(tiny_png(), "image/png", "png", FakeReport({"face": n, "person": 0, "plate": 0}))
-
-
-def _set_event() -> threading.Event:
-    e = threading.Event()
-    e.set()
-    return e
-
-
 # -- images -----------------------------------------------------------------------------------
 _CACHE: dict[str, bytes] = {}
 
@@ -191,24 +146,66 @@ def astronaut_jpeg(size: int | None = None) -> bytes:
 
 
 def grace_hopper_jpeg() -> bytes:
+    """matplotlib's grace_hopper.jpg (matplotlib is a test dependency: no skip)."""
     if "grace" not in _CACHE:
-        try:
-            from matplotlib import cbook
-        except ImportError:
-            pytest.skip("matplotlib is not installed")
+        from matplotlib import cbook
+
         with cbook.get_sample_data("grace_hopper.jpg") as f:
             _CACHE["grace"] = f.read()
     return _CACHE["grace"]
 
 
-def tiny_png() -> bytes:
-    if "tiny" not in _CACHE:
-        from PIL import Image
+def small_photo() -> bytes:
+    """The astronaut downscaled to 256 px (JPEG): one face, ~1 s with the fast preset."""
+    return astronaut_jpeg(256)
 
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (128, 64, 32)).save(buf, "PNG")
-        _CACHE["tiny"] = buf.getvalue()
-    return _CACHE["tiny"]
+
+def photo_files(n: int = 1, data: bytes | None = None, stem: str = "photo") -> list[tuple[str, Any]]:
+    """``files`` parts for a job: ``n`` copies of ``data`` (default: :func:`small_photo`)."""
+    data = small_photo() if data is None else data
+    return [("files", (f"{stem}{i}.jpg", data, "image/jpeg")) for i in range(n)]
+
+
+def submit(client: httpx.Client, n: int = 1, options: dict[str, Any] | None = None, **data: str) -> httpx.Response:
+    """Submit ``n`` small real photos (fast preset unless ``options`` says otherwise)."""
+    return client.post(
+        "/api/v1/jobs", files=photo_files(n), data={"options": json.dumps(options or FAST), **data}
+    )
+
+
+# -- a busy worker, with real work --------------------------------------------------------------
+def occupy_worker(client: httpx.Client, photos: dict[str, Path], n: int = 10, timeout: float = 60.0) -> str:
+    """Submit a job of ``n`` full-size real photos (bus, zidane; ``BUSY`` preset) and return
+    its id once a worker is processing it.
+
+    On a one-worker server every later job waits in the queue behind it. Delete it
+    (``DELETE /api/v1/jobs/{id}``) to free the worker: the image in progress completes,
+    the rest are skipped, so the cost of releasing it is at most one image.
+    """
+    files = []
+    for i in range(n):
+        name = "bus" if i % 2 == 0 else "zidane"
+        files.append(("files", (f"{name}{i}.jpg", photos[name].read_bytes(), "image/jpeg")))
+    r = client.post("/api/v1/jobs", files=files, data={"options": json.dumps(BUSY)})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/v1/jobs/{job_id}").json()
+        if body["status"] == "processing":
+            return job_id
+        assert body["status"] == "queued", f"the busy job is {body['status']}, expected it to be processing"
+        assert time.monotonic() < deadline, "the busy job never started"
+        time.sleep(0.02)
+
+
+def png_bytes(data: bytes) -> bytes:
+    """The same photo re-encoded as PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
 
 
 def bomb_png(side: int = 60_000) -> bytes:
@@ -235,7 +232,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 outer.attempts += 1
                 if outer.attempts <= outer.fail_first:

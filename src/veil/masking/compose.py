@@ -19,6 +19,7 @@ from veil.masking.shapes import RegionMask, region_mask
 from veil.masking.styles import block_alpha, render
 from veil.pipeline.options import Options
 
+_STRIP = 256
 #: Groups are blended bottom-up: people, then plates, then heads and faces on top.
 _LAYER = {"person": 0, "plate": 1, "head": 2, "face": 3}
 
@@ -113,25 +114,35 @@ def _clusters(items: list[_Item]) -> list[list[_Item]]:
 
 
 def _blend_cluster(out: np.ndarray, src: np.ndarray, cluster: list[_Item], strength: int, rng) -> None:
+    """One alpha and one blend for the cluster; members' renders averaged by alpha."""
     x0 = min(i.mask.rect[0] for i in cluster)
     y0 = min(i.mask.rect[1] for i in cluster)
     x1 = max(i.mask.rect[2] for i in cluster)
     y1 = max(i.mask.rect[3] for i in cluster)
-    h, w = y1 - y0, x1 - x0
-    alpha = np.zeros((h, w), np.float32)
-    acc = np.zeros((h, w, 3), np.float32)
-    weight = np.zeros((h, w), np.float32)
+    renders = []
     for item in cluster:
         rx0, ry0, rx1, ry1 = item.mask.rect
         a = item.mask.alpha
         if item.style == "pixelate":
             a = block_alpha(a, item.mask.size, strength)
         pix = render(src[ry0:ry1, rx0:rx1], item.style, size=item.mask.size, strength=strength, color=item.color, rng=rng)
-        sl = (slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0))
-        acc[sl] += pix * a[:, :, None]
-        weight[sl] += a
-        np.maximum(alpha[sl], a, out=alpha[sl])
-    pix = acc / np.maximum(weight, 1e-6)[:, :, None]
-    base = out[y0:y1, x0:x1].astype(np.float32)
-    a3 = alpha[:, :, None]
-    out[y0:y1, x0:x1] = np.clip(base * (1.0 - a3) + pix * a3 + 0.5, 0, 255).astype(np.uint8)
+        renders.append(((slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0)), a, pix))
+    region = out[y0:y1, x0:x1]
+    height, width = region.shape[:2]
+    for r0 in range(0, height, _STRIP):  # strips keep the float buffers of huge regions small
+        r1 = min(height, r0 + _STRIP)
+        alpha = np.zeros((r1 - r0, width), np.float32)
+        weight = np.zeros((r1 - r0, width), np.float32)
+        acc = np.zeros((r1 - r0, width, 3), np.float32)
+        for (ys, xs), a, pix in renders:
+            lo, hi = max(ys.start, r0), min(ys.stop, r1)
+            if lo >= hi:
+                continue
+            aa = a[lo - ys.start : hi - ys.start]
+            sub = (slice(lo - r0, hi - r0), xs)
+            acc[sub] += pix[lo - ys.start : hi - ys.start] * aa[:, :, None]
+            weight[sub] += aa
+            np.maximum(alpha[sub], aa, out=alpha[sub])
+        shown = acc / np.maximum(weight, 1e-6)[:, :, None]
+        base = region[r0:r1].astype(np.float32)
+        region[r0:r1] = (base + (shown - base) * alpha[:, :, None] + 0.5).astype(np.uint8)

@@ -448,6 +448,7 @@
 
   function updateEmpty() {
     $("empty").hidden = items.length > 0;
+    document.body.classList.toggle("has-items", items.length > 0);
   }
 
   /* ------------------------------------------------------------- processing -- */
@@ -664,12 +665,17 @@
         "aria-label": `View ${it.name}`, onclick: () => openViewer(it) }),
       el("button", { type: "button", class: "btn btn-small btn-secondary", text: "Download",
         "aria-label": `Download ${it.name}`, onclick: () => downloadItem(it) }),
-      el("button", { type: "button", class: "btn btn-small btn-ghost-danger", text: "Delete",
-        "aria-label": `Delete ${it.name}`, onclick: () => deleteItem(it) }));
+      trashButton(`Delete ${it.name}`, () => deleteItem(it)));
     const card = el("li", { class: "card", "data-id": it.id }, thumb,
       el("div", { class: "card-body" }, title, counts, actions));
     card._parts = { img, badge, counts };
     return card;
+  }
+
+  function trashButton(label, onclick) {
+    const b = el("button", { type: "button", class: "icon-btn icon-danger", "aria-label": label, title: "Delete from the server", onclick });
+    b.innerHTML = '<svg viewBox="0 0 20 20" aria-hidden="true" focusable="false"><path d="M4 6h12M8 6V4.5h4V6M6 6l.7 10h6.6L14 6" fill="none" stroke="currentColor" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round"/></svg>';
+    return b;
   }
 
   function countChips(c, targets) {
@@ -704,7 +710,8 @@
     const first = new Date(Math.min(...done.map((i) => i.expiresAt.getTime())));
     const last = new Date(Math.max(...done.map((i) => i.expiresAt.getTime())));
     const when = formatTime(first) === formatTime(last) ? formatTime(first) : `${formatTime(first)}–${formatTime(last)}`;
-    node.textContent = `Results are deleted from the server at ${when}. Download what you need before then.`;
+    node.textContent = `Results are deleted from the server at ${when}.`;
+    node.title = "Download what you need before then.";
     node.dataset.expires = first.toISOString();
   }
 
@@ -951,6 +958,7 @@
       const report = JSON.parse(res.headers.get("x-veil-report") || "{}");
       const list = Array.isArray(report.regions) ? report.regions
         : Array.isArray(report.detections) ? report.detections : null;
+      if (!list && report.truncated) throw new ApiError("This photo has too many hidden areas to correct them here.");
       if (!list) throw new ApiError("This server does not report the hidden areas, so they can't be corrected here.");
       it.regions = list.map(cleanRegion).filter(Boolean);
       it.regionsSource = "report";
