@@ -6,7 +6,6 @@ import io
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -275,3 +274,12 @@ def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
     assert target.read_bytes() == b"new content"
     atomic_write(tmp_path / "fresh.png", b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.png", "photo.jpg"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "HEIF"])
+def test_orientation_in_other_formats(fmt, small_rgb):
+    stored = Image.fromarray(small_rgb).transpose(Image.Transpose.ROTATE_270)
+    ex = Image.Exif()
+    ex[0x0112] = 8  # "rotate 90 CCW to display"
+    img = load_image(_save(stored, fmt, exif=ex.tobytes(), **({"quality": 95} if fmt != "PNG" else {})))
+    assert _close(img.rgb, small_rgb, tol=6.0)

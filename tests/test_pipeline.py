@@ -42,56 +42,99 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-# -- logic, with a stand-in engine ------------------------------------------------------------
-def test_targets_filter_and_heads_follow_faces(astronaut_rgb, fake_engine):
-    dets = [Detection("face", 0.9, FACE), Detection("person", 0.8, (10, 130, 360, 512)),
-            Detection("plate", 0.5, (240, 440, 260, 476)), Detection("head", 0.6, (400, 10, 450, 60))]  # fmt: skip
+# -- pipeline logic, with the real engine on real photos -------------------------------------
+def _boxes(rep: Report, target: str, stage: str | None = None) -> list[tuple[float, float, float, float]]:
+    return [r.box for r in rep.regions if r.target == target and (stage is None or r.stage == stage)]
+
+
+def _same(a: np.ndarray, b: np.ndarray, box) -> bool:
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    return np.array_equal(a[y1:y2, x1:x2], b[y1:y2, x1:x2])
+
+
+def _changed(a: np.ndarray, b: np.ndarray, box, inset: int = 4, by: float = 8.0) -> bool:
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    core = (slice(y1 + inset, y2 - inset), slice(x1 + inset, x2 - inset))
+    return float(np.abs(a[core].astype(float) - b[core]).mean()) > by
+
+
+def test_targets_filter_and_heads_follow_faces(photos, engine):
+    img = load_image(photos["bus"])
+    out, rep = anonymize(img, Options(targets=("face",)), engine=engine)
+    faces = _boxes(rep, "face")
+    assert set(rep.detections) == {"face"} and rep.detections["face"] == len(faces) >= 2
+    assert {(r.target, r.stage) for r in rep.regions} == {("face", "detect")}
+    assert rep.models == engine.model_names(("face",)) and rep.models
+    assert rep.source == "engine" and rep.verify_found is None and set(rep.timings_ms) == {"decode", "detect", "mask"}
+    assert all(_changed(out, img.rgb, b) for b in faces)
+    assert _same(out, img.rgb, (40, 700, 240, 900))  # the people's bodies are left alone
+
+    _, rep = anonymize(img, Options(targets=("person",)), engine=engine)
+    assert set(rep.detections) == {"person"} and rep.detections["person"] >= 3  # no heads without faces
+    plate_out, rep = anonymize(img, Options(targets=("plate",)), engine=engine)
+    assert set(rep.detections) <= {"plate"} and {r.target for r in rep.regions} <= {"plate"}
+    assert all(_same(plate_out, img.rgb, b) for b in faces)
+
+    # A face the detectors miss (here: painted over) leaves its person's head to be hidden.
+    covered, _ = anonymize(img, Options(style="fill", strength=100), regions=[Detection("face", 1.0, b) for b in faces])
+    img2 = load_image(_png(covered))
+    _, rep = anonymize(img2, Options(), engine=engine)
+    assert rep.detections.get("head", 0) >= 1 and rep.detections["person"] >= 3
+    heads = _boxes(rep, "head")
+    assert any(_near(f, h, slack=0) for h in heads for f in faces), (heads, faces)
+    assert {r.shape for r in rep.regions if r.target == "head"} == {"ellipse"}  # heads look like faces
+    _, rep_no_heads = anonymize(img2, Options(hide_heads=False), engine=engine)
+    assert "head" not in rep_no_heads.detections and not _boxes(rep_no_heads, "head")
+    assert rep_no_heads.detections == {k: v for k, v in rep.detections.items() if k != "head"}
+
+
+def test_explicit_regions_are_rendered_without_detection(astronaut_rgb, engine):
     img = load_image(_png(astronaut_rgb))
-    eng = fake_engine(dets)
-    out, rep = anonymize(img, Options(targets=("face",)), engine=eng)
-    assert eng.calls == [("face",)]
-    assert rep.detections == {"face": 1, "head": 1} and [r.target for r in rep.regions] == ["face", "head"]
-    assert rep.models == ["fake-face (test)"] and rep.source == "engine" and rep.verify_found is None
-    _, rep = anonymize(img, Options(targets=("face",), hide_heads=False), engine=fake_engine(dets))
-    assert rep.detections == {"face": 1}
-    _, rep = anonymize(img, Options(targets=("plate",)), engine=fake_engine(dets))
-    assert rep.detections == {"plate": 1}
-    assert not np.array_equal(out, astronaut_rgb)
-
-
-def test_explicit_regions_are_rendered_without_detection(astronaut_rgb):
-    class Refuses:
-        def detect(self, *a, **k):
-            raise AssertionError("regions given: nothing may be detected")
-
-    img = load_image(_png(astronaut_rgb))
-    out, rep = anonymize(img, Options(verify=True), regions=[Detection("face", 1.0, (270, 176, 180, 66))], engine=Refuses())
+    out, rep = anonymize(img, Options(verify=True), regions=[Detection("face", 1.0, (270, 176, 180, 66))], engine=engine)
     assert rep.source == "regions" and rep.verify_found is None and rep.models == []
     assert [(r.target, r.stage, r.box) for r in rep.regions] == [("face", "manual", FACE)]
+    assert rep.detections == {"face": 1} and "verify" not in rep.timings_ms
     assert not np.array_equal(out[100:140, 200:250], astronaut_rgb[100:140, 200:250])
     assert np.array_equal(out[300:, :], astronaut_rgb[300:, :])
+    # Exactly the given regions: the real face, which the engine does find, stays as it is
+    # (no detection and no verify pass), and a region past the edge is clipped to the image.
+    assert _boxes(anonymize(img, Options(targets=("face",)), engine=engine)[1], "face")
+    out, rep = anonymize(img, Options(verify=True), regions=[Detection("plate", 0.5, (400, 420, 600, 470))], engine=engine)
+    assert [(r.target, r.stage, r.box) for r in rep.regions] == [("plate", "manual", (400.0, 420.0, 512.0, 470.0))]
+    assert rep.verify_found is None and not np.array_equal(out[420:470, 400:512], astronaut_rgb[420:470, 400:512])
+    assert np.array_equal(out[:400], astronaut_rgb[:400]) and np.array_equal(out[:, :390], astronaut_rgb[:, :390])
+    out, rep = anonymize(img, Options(), regions=[])
+    assert rep.regions == [] and rep.detections == {} and np.array_equal(out, astronaut_rgb)
     with pytest.raises(OptionsError, match="unknown target"):
         anonymize(img, Options(), regions=[Detection("cat", 1.0, FACE)])
+    with pytest.raises(OptionsError, match="finite"):
+        anonymize(img, Options(), regions=[Detection("face", 1.0, (0, 0, float("nan"), 9))])
 
 
-def test_verify_pass_hides_what_is_still_found(astronaut_rgb, fake_engine):
+def test_verify_pass_hides_what_is_still_found(astronaut_rgb, engine):
+    """Only plates are asked for, so the first pass leaves the astronaut's face; the verify
+    pass (the real face detectors on the output) finds it and hides it at full strength."""
     img = load_image(_png(astronaut_rgb))
-    missed = Detection("face", 0.7, (380, 20, 440, 90))
-    eng = fake_engine([Detection("face", 0.9, FACE)], [missed, Detection("plate", 0.9, (0, 0, 9, 9))])
-    out, rep = anonymize(img, Options(verify=True), engine=eng)
-    assert eng.calls[1] == ("face",) and rep.verify_found == 1
-    assert [r.stage for r in rep.regions] == ["detect", "verify"]
-    assert not np.array_equal(out[40:70, 395:425], astronaut_rgb[40:70, 395:425])
-    eng = fake_engine([Detection("face", 0.9, FACE)])
-    _, rep = anonymize(img, Options(preset="thorough"), engine=eng)  # verify defaults on here
-    assert len(eng.calls) == 2 and rep.verify_found == 1
+    out, rep = anonymize(img, Options(targets=("plate",), verify=False), engine=engine)
+    assert rep.verify_found is None and not _boxes(rep, "face") and _same(out, astronaut_rgb, FACE)
+    out, rep = anonymize(img, Options(targets=("plate",), verify=True), engine=engine)
+    assert rep.verify_found == 1 and "verify" in rep.timings_ms
+    assert [r.stage for r in rep.regions if r.target == "face"] == ["verify"]
+    assert {r.stage for r in rep.regions if r.target != "face"} <= {"detect"}
+    assert "face" not in rep.detections  # the report's detections are the first pass's
+    (face,) = _boxes(rep, "face", "verify")
+    assert _iou(face, FACE) > 0.7 and _changed(out, astronaut_rgb, FACE, inset=20, by=15)
+    assert not [d for d in engine.detect(out, ("face",)) if d.target == "face" and d.score >= 0.6]
+    # ``thorough`` turns the verify pass on by default (its engine comes from get_engine)
+    _, rep = anonymize(img, Options(targets=("plate",), preset="thorough"))
+    assert rep.preset == "thorough" and rep.verify_found == 1 and len(_boxes(rep, "face", "verify")) == 1
 
 
-def test_report_json_has_no_pixels_or_gps(astronaut_rgb, fake_engine):
+def test_report_json_has_no_pixels_or_gps(astronaut_rgb, engine):
     ex = Image.Exif()
     ex[0x8825] = {1: "N", 2: (52.0, 22.0, 12.5), 27: b"ASCII\x00\x00\x00GPS-FIX"}
     data = _jpeg(astronaut_rgb, exif=ex.tobytes(), comment=b"secret")
-    res = anonymize_bytes(data, Options(), engine=fake_engine([Detection("face", 0.9, FACE)]))
+    res = anonymize_bytes(data, Options(targets=("face",)), engine=engine)
     assert isinstance(res, AnonymizeResult) and isinstance(res.report, Report)
     doc = res.report.to_json()
     text = json.dumps(doc)
@@ -99,59 +142,64 @@ def test_report_json_has_no_pixels_or_gps(astronaut_rgb, fake_engine):
     assert {"exif", "gps", "comment"} <= set(doc["metadata_removed"])
     assert set(doc["timings_ms"]) == {"decode", "detect", "mask", "encode"}
     assert doc["width"] == 512 and doc["format_in"] == doc["format_out"] == "jpeg"
-    assert doc["regions"][0] == {"target": "face", "score": 0.9, "box": list(FACE), "style": "blur",
-                                 "shape": "ellipse", "fallback": None, "stage": "detect"}  # fmt: skip
+    assert doc["hidden"] == doc["detections"] == {"face": 1} and doc["source"] == "engine"
+    (region,) = doc["regions"]
+    assert _iou(region["box"], FACE) > 0.8 and region["score"] > 0.8
+    assert {k: v for k, v in region.items() if k not in ("box", "score")} == {
+        "target": "face", "style": "blur", "shape": "ellipse", "fallback": None, "stage": "detect"}  # fmt: skip
+    assert doc["models"] == engine.model_names(("face",)) and all("(" in m for m in doc["models"])
+    # manual regions: reported exactly as given, and no models were used
+    doc = anonymize_bytes(data, Options(), regions=[Detection("face", 0.9, FACE)]).report.to_json()
+    assert doc["regions"] == [{"target": "face", "score": 0.9, "box": list(FACE), "style": "blur",
+                               "shape": "ellipse", "fallback": None, "stage": "manual"}]  # fmt: skip
+    assert doc["models"] == [] and doc["source"] == "regions" and "GPS-FIX" not in json.dumps(doc)
 
-    class NoNames:
-        def detect(self, rgb, targets=()):
-            return []
 
-    assert anonymize_bytes(data, Options(), engine=NoNames()).report.models == []
-
-
-def test_anonymize_bytes_formats_quality_and_kept_fields(astronaut_rgb, fake_engine):
+def test_anonymize_bytes_formats_quality_and_kept_fields(astronaut_rgb):
     ex = Image.Exif()
     ex[0x8298] = "(c) Town Hall"
     ex[0x010F] = "CameraMaker"
     data = _jpeg(astronaut_rgb, quality=70, exif=ex.tobytes())
-    eng = fake_engine([Detection("face", 0.9, FACE)])
-    res = anonymize_bytes(data, Options(format="webp"), engine=eng)
+    regions = [Detection("face", 0.9, FACE)]
+    res = anonymize_bytes(data, Options(format="webp"), regions=regions)
     assert res.content_type == "image/webp" and res.format == "webp" and res.data[8:12] == b"WEBP"
-    res = anonymize_bytes(data, Options(keep_metadata=("copyright",)), engine=eng)
+    assert res.report.format_in == "jpeg" and res.report.format_out == "webp"
+    res = anonymize_bytes(data, Options(keep_metadata=("copyright",)), regions=regions)
     exif = Image.open(io.BytesIO(res.data)).getexif()
     assert exif.get(0x8298) == "(c) Town Hall" and 0x010F not in exif
     assert res.report.metadata_kept == ["copyright"] and "exif" in res.report.metadata_removed
     assert abs(load_image(res.data).quality - 70) <= 2  # re-encoded at the input's quality
+    assert abs(load_image(anonymize_bytes(data, Options(quality=40), regions=regions).data).quality - 40) <= 2
     rgba = np.dstack([astronaut_rgb, np.full((512, 512), 200, np.uint8)])
-    res = anonymize_bytes(_png(rgba), Options(), engine=eng)
-    assert Image.open(io.BytesIO(res.data)).mode == "RGBA"
+    res = anonymize_bytes(_png(rgba), Options(), regions=regions)
+    out = Image.open(io.BytesIO(res.data))
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+    assert not np.array_equal(np.asarray(out)[100:140, 200:250, :3], astronaut_rgb[100:140, 200:250])
 
 
-def test_anonymize_file_is_atomic_and_protects_the_input(astronaut_rgb, fake_engine, tmp_path):
+def test_anonymize_file_is_atomic_and_protects_the_input(astronaut_rgb, tmp_path):
+    from veil.detection.engine import get_engine
+
+    eng = get_engine("fast")
     src = tmp_path / "photo.png"
     src.write_bytes(_png(astronaut_rgb))
     before = src.read_bytes()
-    eng = fake_engine([Detection("face", 0.9, FACE)])
+    opts = Options(targets=("face",), preset="fast")
     with pytest.raises(OptionsError, match="in-place"):
-        anonymize_file(src, src, Options(), engine=eng)
-    rep = anonymize_file(src, None, Options(), engine=eng)  # dry run
-    assert rep.format_out is None and sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
-    anonymize_file(src, tmp_path / "out.png", Options(), engine=eng)
-    assert src.read_bytes() == before
-    anonymize_file(src, src, Options(), engine=eng, overwrite_input=True)
-    assert src.read_bytes() != before
+        anonymize_file(src, src, opts, engine=eng)
+    rep = anonymize_file(src, None, opts, engine=eng)  # dry run
+    assert rep.format_out is None and rep.hidden == {"face": 1} and rep.preset == "fast"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+    rep = anonymize_file(src, tmp_path / "out.png", opts, engine=eng)
+    assert src.read_bytes() == before and rep.format_out == "png"
+    written = load_image(tmp_path / "out.png").rgb
+    assert _changed(written, astronaut_rgb, FACE, inset=20, by=15) and np.array_equal(written[300:], astronaut_rgb[300:])
+    anonymize_file(src, src, opts, engine=eng, overwrite_input=True)
+    assert src.read_bytes() != before and _changed(load_image(src).rgb, astronaut_rgb, FACE, inset=20, by=15)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "photo.png"]
 
 
 # -- with the real detection engine ----------------------------------------------------------
-@pytest.fixture(scope="session")
-def face_engine():
-    """The default engine; only the face models load (lazily, once per process)."""
-    from veil.detection.engine import get_engine
-
-    return get_engine("balanced")
-
-
 @pytest.fixture(scope="module")
 def lbp():
     from skimage import data
@@ -167,17 +215,17 @@ def lbp():
 
 
 @pytest.fixture(scope="module")
-def real_faces(face_engine, astronaut_rgb, hopper_rgb):
+def real_faces(engine, astronaut_rgb, hopper_rgb):
     out = {}
     for name, rgb in (("astronaut", astronaut_rgb), ("hopper", hopper_rgb)):
-        faces = [d for d in face_engine.detect(rgb, ("face",)) if d.target == "face"]
+        faces = [d for d in engine.detect(rgb, ("face",)) if d.target == "face"]
         assert len(faces) == 1 and faces[0].score > 0.8, name
         out[name] = (rgb, faces)
     return out
 
 
 @pytest.mark.parametrize("style", ["blur", "pixelate", "fill"])
-def test_strength_zero_faces_are_not_found_again(style, face_engine, real_faces, lbp):
+def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, lbp):
     """Irreversibility: at the weakest strength, the detectors no longer see the face.
 
     The engine is recall-tuned (it reports candidates from ~0.3); a hidden head can still
@@ -190,21 +238,21 @@ def test_strength_zero_faces_are_not_found_again(style, face_engine, real_faces,
         img = load_image(_png(rgb))
         out, rep = anonymize(img, Options(style=style, strength=0), regions=faces)
         assert len(rep.regions) == 1
-        again = [d for d in face_engine.detect(out, ("face",)) if d.target == "face" and _near(d.box, faces[0].box)]
+        again = [d for d in engine.detect(out, ("face",)) if d.target == "face" and _near(d.box, faces[0].box)]
         assert not [d for d in again if d.score >= 0.6], (name, [(d.score, d.source) for d in again])
         if style != "pixelate":  # a 4-block mosaic is a "tiny face" to a 24x24 cascade window
             assert not [b for b in lbp(out) if _near(b, faces[0].box)], name
         assert [b for b in lbp(rgb) if _near(b, faces[0].box)], "the cascade does see the original"
 
 
-def test_end_to_end_rotated_jpeg_is_upright_with_upright_boxes(face_engine, real_faces):
+def test_end_to_end_rotated_jpeg_is_upright_with_upright_boxes(engine, real_faces):
     rgb, faces = real_faces["astronaut"]
     stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)
     ex = Image.Exif()
     ex[0x0112] = 6
     buf = io.BytesIO()
     stored.save(buf, format="JPEG", quality=95, exif=ex.tobytes())
-    res = anonymize_bytes(buf.getvalue(), Options(targets=("face",)), engine=face_engine)
+    res = anonymize_bytes(buf.getvalue(), Options(targets=("face",)), engine=engine)
     out = Image.open(io.BytesIO(res.data))
     assert out.size == (512, 512) and out.getexif().get(0x0112) in (None, 1)
     assert res.report.orientation_applied == 6

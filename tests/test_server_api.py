@@ -58,6 +58,9 @@ def test_job_life_cycle_zip_and_audit(live, client):
     for img, original in zip(done["images"], (astro, grace)):
         assert img["status"] == "done" and img["error"] is None
         assert img["detections"].get("face", 0) >= 1
+        # the hidden regions come back (boxes only) so the web page can offer corrections
+        faces = [g for g in img["regions"] if g["target"] == "face"]
+        assert len(faces) == img["detections"]["face"] and all(len(g["box"]) == 4 for g in faces)
         r = client.get(img["url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert r.content != original

@@ -31,8 +31,10 @@ from veil.server.config import ServerConfig, ServerLimits
 
 #: Options that keep real-pipeline tests quick.
 FAST = {"preset": "fast"}
-#: Options of the job that keeps a worker busy: full-size photos, several detectors each.
-BUSY = {"preset": "balanced"}
+#: Options of the job that keeps a worker busy (many full-size photos). The fast preset
+#: keeps each image short, so freeing the worker (which waits for the image in progress)
+#: is quick, while the number of images keeps the worker busy for long.
+BUSY = {"preset": "fast"}
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def submit(client: httpx.Client, n: int = 1, options: dict[str, Any] | None = No
 
 
 # -- a busy worker, with real work --------------------------------------------------------------
-def occupy_worker(client: httpx.Client, photos: dict[str, Path], n: int = 10, timeout: float = 60.0) -> str:
+def occupy_worker(client: httpx.Client, photos: dict[str, Path], n: int = 30, timeout: float = 60.0) -> str:
     """Submit a job of ``n`` full-size real photos (bus, zidane; ``BUSY`` preset) and return
     its id once a worker is processing it.
 

@@ -79,7 +79,7 @@ def mask_detections(
             continue
         color = tuple(ts.color)
         groups.setdefault((ts.style, color if ts.style == "fill" else None), []).append(_Item(det, mask, ts.style, color))
-        box = tuple(float(min(max(v, 0), lim)) for v, lim in zip(det.box, (width, height, width, height)))
+        box = tuple(float(min(max(v, 0), lim)) for v, lim in zip(det.box, (width, height, width, height), strict=True))
         regions.append(MaskedRegion(det.target, float(det.score), box, ts.style, mask.shape, mask.fallback, stage))
     out = rgb.copy()
     order = sorted(groups.values(), key=lambda items: min(_LAYER.get(i.det.target, 0) for i in items))
@@ -89,12 +89,12 @@ def mask_detections(
     return out, regions
 
 
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _clusters(items: list[_Item]) -> list[list[_Item]]:
-    """Connected components of overlapping rectangles (union-find)."""
+    """Connected components of overlapping rectangles (union-find over a numpy overlap matrix,
+    so thousands of manual regions stay fast)."""
+    r = np.array([i.mask.rect for i in items], dtype=np.int64).reshape(-1, 4)
+    overlap = ((r[:, None, 0] < r[None, :, 2]) & (r[None, :, 0] < r[:, None, 2])
+               & (r[:, None, 1] < r[None, :, 3]) & (r[None, :, 1] < r[:, None, 3]))  # fmt: skip
     parent = list(range(len(items)))
 
     def find(i: int) -> int:
@@ -103,10 +103,8 @@ def _clusters(items: list[_Item]) -> list[list[_Item]]:
             i = parent[i]
         return i
 
-    for i in range(len(items)):
-        for j in range(i + 1, len(items)):
-            if _overlap(items[i].mask.rect, items[j].mask.rect):
-                parent[find(i)] = find(j)
+    for i, j in np.argwhere(np.triu(overlap, 1)):
+        parent[find(int(i))] = find(int(j))
     comps: dict[int, list[_Item]] = {}
     for i, item in enumerate(items):
         comps.setdefault(find(i), []).append(item)

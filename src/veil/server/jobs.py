@@ -59,6 +59,9 @@ class _Slot:
     result: bytes | None = None
     content_type: str | None = None
     format: str | None = None
+    #: hidden regions (target + box) kept in memory with the result, for the web page's
+    #: manual corrections; they expire and are deleted with it
+    regions: list[dict[str, Any]] | None = None
     deleted: bool = False
 
 
@@ -75,6 +78,13 @@ class _JobState:
 
     def held_bytes(self) -> int:
         return sum(len(s.original or b"") + len(s.result or b"") for s in self.slots)
+
+
+def hidden_regions(report: Any) -> list[dict[str, Any]]:
+    """Target and box of every hidden region (no scores, pixels or metadata)."""
+    data = report.to_json() if hasattr(report, "to_json") else (report or {})
+    regions = data.get("regions") if isinstance(data, dict) else None
+    return [{"target": r["target"], "box": r["box"]} for r in regions or [] if "target" in r and "box" in r]
 
 
 def detection_counts(report: Any) -> dict[str, int]:
@@ -342,6 +352,7 @@ class JobManager:
             del data
         out, ctype, fmt = bytes(result.data), result.content_type, result.format
         counts = detection_counts(result.report)
+        regions = hidden_regions(result.report)
         del result
         digest = hashlib.sha256(out).hexdigest()
         with state.lock:  # serialised with _forget/_drop_image, so the byte count stays exact
@@ -351,7 +362,7 @@ class JobManager:
             if slot.deleted:  # deleted while it was being processed
                 self._adjust_held(-size)
                 return True
-            slot.result, slot.content_type, slot.format = out, ctype, fmt
+            slot.result, slot.content_type, slot.format, slot.regions = out, ctype, fmt, regions
             self._adjust_held(len(out) - size)
         self.store.execute(
             "UPDATE images SET status = 'done', detections = ?, content_type = ?, format = ?, size = ?, sha256 = ? "
@@ -438,6 +449,8 @@ class JobManager:
     def status(self, job_id: str, principal: Principal) -> dict[str, Any]:
         row = self._row(job_id, principal)
         images = self.store.query("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
+        with self._lock:
+            state = self._jobs.get(job_id)
         out_images = []
         for r in images:
             idx = r["idx"]
@@ -455,6 +468,7 @@ class JobManager:
                     sha256=r["sha256"],
                     name=self._entry_name(idx, r["format"], None),
                     url=f"{API}/jobs/{job_id}/images/{idx}",
+                    regions=(state.slots[idx].regions if state is not None and idx < len(state.slots) else None) or [],
                 )
             out_images.append(entry)
         body: dict[str, Any] = {
