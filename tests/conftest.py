@@ -109,28 +109,3 @@ def hopper_rgb() -> np.ndarray:
 
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
         return np.asarray(im.convert("RGB")).copy()
-
-
-class FakeEngine:
-    """A stand-in engine returning fixed detections (pipeline/CLI logic without models).
-
-    ``outputs`` is consumed one list per ``detect`` call; the last one repeats.
-    """
-
-    def __init__(self, *outputs, names=("fake-face (test)",)):
-        self.outputs = [list(o) for o in outputs] or [[]]
-        self.calls: list[tuple[str, ...]] = []
-        self.names = list(names)
-
-    def detect(self, rgb, targets=("face", "person", "plate")):
-        self.calls.append(tuple(targets))
-        i = min(len(self.calls) - 1, len(self.outputs) - 1)
-        return [d for d in self.outputs[i]]
-
-    def model_names(self, targets=()):
-        return list(self.names)
-
-
-@pytest.fixture
-def fake_engine():
-    return FakeEngine

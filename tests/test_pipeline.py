@@ -48,12 +48,12 @@ def _boxes(rep: Report, target: str, stage: str | None = None) -> list[tuple[flo
 
 
 def _same(a: np.ndarray, b: np.ndarray, box) -> bool:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     return np.array_equal(a[y1:y2, x1:x2], b[y1:y2, x1:x2])
 
 
 def _changed(a: np.ndarray, b: np.ndarray, box, inset: int = 4, by: float = 8.0) -> bool:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     core = (slice(y1 + inset, y2 - inset), slice(x1 + inset, x2 - inset))
     return float(np.abs(a[core].astype(float) - b[core]).mean()) > by
 
