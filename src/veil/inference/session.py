@@ -35,6 +35,9 @@ def get_session(name: str) -> ort.InferenceSession:
         path = default_store().path(name)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # Inputs change size with every photo; an arena would keep the largest one's
+        # buffers for the life of the process (the main cost of memory at --jobs N).
+        opts.enable_cpu_mem_arena = False
         threads = os.environ.get("VEIL_THREADS")
         if threads:
             opts.intra_op_num_threads = max(1, int(threads))
