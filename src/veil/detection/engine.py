@@ -13,6 +13,7 @@ a person's head shows where no face was found.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -23,11 +24,11 @@ import numpy as np
 from veil.detection.boxes import iou_matrix
 from veil.detection.consistency import heads_without_faces
 from veil.detection.faces import CenterFace, YuNet
-from veil.detection.nanodet import NanoDet
+from veil.detection.nanodet import VEHICLE_CLASSES, NanoDet, NanoDetOutputs
 from veil.detection.presets import Pass, Plan, Preset, get_preset
 from veil.detection.text import TextDetector, plate_like
 from veil.detection.types import TARGETS, Detection
-from veil.detection.yolo import Yolo
+from veil.detection.yolo import Yolo, merge_regions
 from veil.errors import OptionsError
 from veil.models.registry import get_spec
 from veil.models.store import permissive_only
@@ -69,13 +70,15 @@ class Engine:
         if not self.permissive:
             return plan
         passes = tuple(p for p in plan.passes if get_spec(p.model).permissive)
-        return Plan(passes, plan.agree, plan.cluster_iou, plan.upscale_budget, plan.tile_above)
+        return dataclasses.replace(plan, passes=passes)
 
     def model_names(self, targets: Sequence[str] = TARGETS) -> list[str]:
         """Models (name and source package) that ``detect`` uses for ``targets``."""
         names: list[str] = []
         for t in targets:
             names += [p.model for p in self.plan(t).passes]
+            if any(p.vehicles for p in self.plan(t).passes):
+                names.append("nanodet")
         if "plate" in targets and self.permissive:
             names += ["ppocr-det", "nanodet"]
         return [f"{n} ({get_spec(n).source})" for n in dict.fromkeys(names)]
@@ -93,14 +96,15 @@ class Engine:
             if t not in TARGETS:
                 raise OptionsError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", field="targets")
         found: dict[str, list[Detection]] = {}
+        cache: dict[int, NanoDetOutputs] = {}  # NanoDet forward passes of this photo, by size
         for t in TARGETS:
             if t not in targets:
                 continue
             t0 = time.perf_counter()
             if t == "plate" and self.permissive:
-                found[t] = self.plates_from_text(rgb)
+                found[t] = self.plates_from_text(rgb, cache)
             else:
-                found[t] = self.run_plan(rgb, t, self.plan(t))
+                found[t] = self.run_plan(rgb, t, self.plan(t), cache)
             if timings is not None:
                 timings[t] = (time.perf_counter() - t0) * 1000
         out = [d for t in TARGETS for d in found.get(t, [])]
@@ -108,16 +112,36 @@ class Engine:
             out += heads_without_faces(found["person"], found["face"])
         return out
 
-    def run_plan(self, rgb: np.ndarray, target: str, plan: Plan) -> list[Detection]:
+    def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:
+        """Run ``plan``'s passes and vote; ``cache`` shares NanoDet forward passes of this
+        photo between plans (person passes, vehicle context of plates)."""
         h, w = rgb.shape[:2]
+        cache = {} if cache is None else cache
         cands: list[tuple[int, Detection]] = []
         for i, p in enumerate(plan.passes):
             if p.tiles and h * w <= plan.tile_above * 1e6:
                 continue
-            cands += [(i, d) for d in self._run_pass(rgb, target, p, plan)]
+            cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         return vote(cands, plan)
 
-    def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan) -> list[Detection]:
+    def _nanodet(self, rgb: np.ndarray, size: int, cache: dict[int, NanoDetOutputs]) -> NanoDetOutputs:
+        fwd = cache.get(size)
+        if fwd is None:
+            nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
+            fwd = cache[size] = nd.forward(rgb, size)
+        return fwd
+
+    def vehicle_regions(self, rgb: np.ndarray, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[tuple[int, int, int, int]]:
+        """Crops for a second look at plates: around each vehicle (NanoDet at
+        ``plan.vehicle_size``) shorter than ``plan.vehicle_max`` of the photo's long side,
+        grown by ``plan.vehicle_margin``; overlapping crops are merged."""
+        h, w = rgb.shape[:2]
+        fwd = self._nanodet(rgb, plan.vehicle_size, {} if cache is None else cache)
+        boxes, _, _ = NanoDet.decode(fwd, plan.vehicle_score, VEHICLE_CLASSES)
+        boxes = boxes[(boxes[:, 3] - boxes[:, 1]) < plan.vehicle_max * max(h, w)]
+        return merge_regions(boxes, w, h, plan.vehicle_margin)
+
+    def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan, cache: dict[int, NanoDetOutputs]) -> list[Detection]:
         model = self._model(p.model)
         if isinstance(model, (CenterFace, YuNet)):
             scale = p.scale
@@ -128,17 +152,19 @@ class Engine:
                     return []  # too little gain for the cost
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
+            if p.vehicles:
+                return model.regions(rgb, self.vehicle_regions(rgb, plan, cache), p.size, p.floor)
             return model.tiled(rgb, p.size, p.floor) if p.tiles else model.run(rgb, p.size, p.floor)
         if isinstance(model, NanoDet):
-            return model.run(rgb, p.size, p.floor, target)
+            return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover
 
-    def plates_from_text(self, rgb: np.ndarray) -> list[Detection]:
+    def plates_from_text(self, rgb: np.ndarray, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:
         """Permissive plate route: text lines on a vehicle, or plate-shaped text anywhere
         when no vehicle is in view (close-ups of a car's rear)."""
         text: TextDetector = self._model("ppocr-det")  # type: ignore[assignment]
         nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
-        vehicles = nd.run(rgb, 640, 0.25, target="vehicle")
+        vehicles = nd.detections(self._nanodet(rgb, 640, {} if cache is None else cache), 0.25, target="vehicle")
         vb = np.array([v.box for v in vehicles], dtype=np.float32).reshape(-1, 4)
         out = []
         for d in text(rgb, size=PERMISSIVE_PLATE_TEXT_SIZE):

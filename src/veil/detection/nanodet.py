@@ -169,3 +169,45 @@ class NanoDet:
         boxes, scores, _ = self.raw(rgb, size, threshold, class_ids)
         h, w = rgb.shape[:2]
         return [Detection(target, float(s), tuple(float(v) for v in b), source=self.model).clipped(w, h) for b, s in zip(boxes, scores)]
+
+    # -- one forward pass, decoded for several targets ------------------------------------
+    # The engine runs NanoDet once per (photo, size) and decodes people and vehicles (plate
+    # context) from the same outputs; ``run`` and ``raw`` above are the one-shot forms.
+
+    def forward(self, rgb: np.ndarray, size: int) -> "NanoDetOutputs":
+        """The raw outputs of one forward pass, with the letterbox geometry to map them back."""
+        x, scale, pad = preprocess_nanodet(rgb, size, square=False)
+        out = dict(zip(self.outputs, self.session.run(None, {self.input: x})))
+        return NanoDetOutputs(out, (int(x.shape[2]), int(x.shape[3])), scale, pad, (int(rgb.shape[0]), int(rgb.shape[1])))
+
+    @staticmethod
+    def decode(fwd: "NanoDetOutputs", threshold: float, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``raw`` on the outputs of ``forward``: boxes in photo pixels, scores, class ids."""
+        boxes, scores, cls = decode_nanodet(fwd.outputs, fwd.input_hw, threshold, class_ids=class_ids, nms_iou=0.5)
+        boxes = boxes.copy()
+        px, py = fwd.pad
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - px) / fwd.scale
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - py) / fwd.scale
+        return boxes, scores, cls
+
+    def detections(self, fwd: "NanoDetOutputs", threshold: float, target: str = "person"):
+        """``run`` on the outputs of ``forward``."""
+        from veil.detection.types import Detection
+
+        class_ids = (0,) if target == "person" else VEHICLE_CLASSES
+        boxes, scores, _ = self.decode(fwd, threshold, class_ids)
+        h, w = fwd.photo_hw
+        return [Detection(target, float(s), tuple(float(v) for v in b), source=self.model).clipped(w, h) for b, s in zip(boxes, scores)]
+
+
+class NanoDetOutputs:
+    """Raw NanoDet outputs for one photo at one input size (see ``NanoDet.forward``)."""
+
+    __slots__ = ("outputs", "input_hw", "scale", "pad", "photo_hw")
+
+    def __init__(self, outputs: dict[str, np.ndarray], input_hw: tuple[int, int], scale: float, pad: tuple[int, int], photo_hw: tuple[int, int]):
+        self.outputs = outputs
+        self.input_hw = input_hw
+        self.scale = scale
+        self.pad = pad
+        self.photo_hw = photo_hw

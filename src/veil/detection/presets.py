@@ -5,8 +5,10 @@ ensemble of *passes* (a model at a given input size or scale). Candidates of all
 are clustered; a cluster is kept when one pass is sure of it (``accept``) or when at
 least two passes see it with enough summed confidence (``agree``). Faces run CenterFace
 and YuNet at the photo's size and upscaled (small faces need pixels); people run
-YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 at two sizes and, for large
-photos, on tiles.
+YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and,
+where plates are small, again at 1280-scale: on crops around the small and mid-sized
+vehicles that NanoDet found (``balanced``; the person passes' forward pass is reused) or on
+the whole photo and tiles (``thorough``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class Pass:
     scale: float = 1.0  # face models: resize factor of the photo (2.0 = upscaled)
     size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
     tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
+    #: plates: run only on crops around the vehicles NanoDet finds that are not large in
+    #: the photo (see ``Plan.vehicle_*``), at the scale a whole-photo pass at ``size`` uses
+    vehicles: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,15 @@ class Plan:
     upscale_budget: float = 1.0e6
     #: tiled passes run only on photos larger than this many megapixels
     tile_above: float = 0.0
+    #: vehicle passes: NanoDet's input size (the person passes' forward pass is reused)
+    vehicle_size: int = 416
+    #: ... its least vehicle score (car, motorcycle, bus, truck)
+    vehicle_score: float = 0.3
+    #: ... vehicles at least this tall (share of the photo's long side) are skipped: their
+    #: plate, about a tenth of the vehicle's height, already has pixels at 640
+    vehicle_max: float = 0.5
+    #: ... each crop is the vehicle's box grown by this share of its size on every side
+    vehicle_margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,10 @@ PRESETS: dict[str, Preset] = {
             agree=0.6,
             cluster_iou=0.5,
         ),
-        plate=Plan((Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280)), cluster_iou=0.5),
+        plate=Plan(
+            (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280, vehicles=True)),
+            cluster_iou=0.5,
+        ),
     ),
     "thorough": Preset(
         name="thorough",

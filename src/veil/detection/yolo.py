@@ -1,4 +1,5 @@
-"""Running converted Ultralytics YOLO models (plates, person pose) with letterboxing and tiling."""
+"""Running converted Ultralytics YOLO models (plates, person pose) with letterboxing, tiling
+and crops (a second look at regions of the photo, e.g. around vehicles)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,40 @@ class Yolo:
                     # Objects cut by an inner tile edge are left to the full-image pass.
                     out.append(d)
         return out
+
+    def regions(self, rgb: np.ndarray, regions: list[tuple[int, int, int, int]], size: int, threshold: float) -> list[Detection]:
+        """Run on crops of ``rgb`` at the scale a whole-photo pass at ``size`` would use
+        (``size / long side``): that pass's pixels, paid for only where they are needed."""
+        H, W = rgb.shape[:2]
+        r = size / max(H, W)
+        out: list[Detection] = []
+        for x0, y0, x1, y1 in regions:
+            crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            if crop.shape[0] < 2 or crop.shape[1] < 2:
+                continue
+            n = max(32, round(max(x1 - x0, y1 - y0) * r))
+            out += [d.scaled(1, 1, x0, y0).clipped(W, H) for d in self.run(crop, n, threshold)]
+        return out
+
+
+def merge_regions(boxes: np.ndarray, width: int, height: int, margin: float = 0.1) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(N, 4)`` grown by ``margin`` of their size on each side, clipped to the photo,
+    and merged while any two overlap (one crop per group: no pixel is looked at twice)."""
+    rs: list[list[float]] = []
+    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float32).reshape(-1, 4):
+        mw, mh = (x2 - x1) * margin, (y2 - y1) * margin
+        rs.append([max(0.0, x1 - mw), max(0.0, y1 - mh), min(float(width), x2 + mw), min(float(height), y2 + mh)])
+    merged = True
+    while merged:
+        merged = False
+        out: list[list[float]] = []
+        for r in rs:
+            for o in out:
+                if r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]:
+                    o[:] = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
+                    merged = True
+                    break
+            else:
+                out.append(r)
+        rs = out
+    return [(int(x1), int(y1), int(math.ceil(x2)), int(math.ceil(y2))) for x1, y1, x2, y2 in rs if x2 - x1 >= 1 and y2 - y1 >= 1]
