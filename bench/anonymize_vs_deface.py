@@ -243,7 +243,7 @@ def find_veil() -> list[str]:
 def wait_for_anonymize(veil: list[str], env: dict[str, str], wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while True:
-        r = subprocess.run(veil + ["anonymize", "--help"], env=env, capture_output=True, text=True)
+        r = subprocess.run(veil + ["anonymize", "--help"], env=env, capture_output=True, text=True, check=False)
         if r.returncode == 0:
             return
         if time.monotonic() >= deadline:
@@ -264,11 +264,11 @@ def deface_venv(path: Path, onnxrt: bool) -> Path:
     def ok() -> bool:
         if not exe.exists():
             return False
-        r = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+        r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=False)
         if DEFACE_VERSION not in r.stdout + r.stderr:
             return False
         if onnxrt:
-            return subprocess.run([str(py), "-c", "import onnx, onnxruntime"], capture_output=True).returncode == 0
+            return subprocess.run([str(py), "-c", "import onnx, onnxruntime"], capture_output=True, check=False).returncode == 0
         return True
 
     if ok():
@@ -287,7 +287,7 @@ def deface_venv(path: Path, onnxrt: bool) -> Path:
 
 def deface_backend(exe: Path) -> str:
     py = exe.parent / exe.name.replace("deface", "python")
-    r = subprocess.run([str(py), "-c", "import onnx, onnxruntime"], capture_output=True)
+    r = subprocess.run([str(py), "-c", "import onnx, onnxruntime"], capture_output=True, check=False)
     return "onnxrt" if r.returncode == 0 else "opencv"
 
 
@@ -336,7 +336,7 @@ def check(run: Run, n: int, label: str) -> bool:
 
 def load() -> str:
     try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
+        return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         return "load average n/a"
 
