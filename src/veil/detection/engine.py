@@ -145,8 +145,10 @@ class Engine:
         model = self._model(p.model)
         if isinstance(model, (CenterFace, YuNet)):
             scale = p.scale
-            if scale > 1.0:
-                h, w = rgb.shape[:2]
+            h, w = rgb.shape[:2]
+            if p.max_pixels:
+                scale = min(scale, math.sqrt(p.max_pixels / (h * w)))
+            if p.scale > 1.0:
                 scale = min(scale, math.sqrt(plan.upscale_budget / (h * w)))
                 if scale < 1.3:
                     return []  # too little gain for the cost

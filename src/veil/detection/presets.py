@@ -26,6 +26,9 @@ class Pass:
     scale: float = 1.0  # face models: resize factor of the photo (2.0 = upscaled)
     size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
     tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
+    #: face models: shrink the photo to at most this many pixels first (0 = never); the
+    #: fast preset's way to keep large photos cheap
+    max_pixels: float = 0.0
     #: plates: run only on crops around the vehicles NanoDet finds that are not large in
     #: the photo (see ``Plan.vehicle_*``), at the scale a whole-photo pass at ``size`` uses
     vehicles: bool = False
@@ -67,7 +70,7 @@ _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "na
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
-        face=Plan((Pass(_YN, 0.5, 0.5), Pass(_CF, 0.3, 0.3, scale=0.5)), agree=0.6),
+        face=Plan((Pass(_CF, 0.2, 0.25, max_pixels=0.35e6), Pass(_YN, 0.5, 0.5, max_pixels=0.35e6)), agree=0.6),
         person=Plan((Pass(_ND, 0.3, 0.3, size=416),)),
         plate=Plan((Pass(_PLATE, 0.1, 0.1, size=640),)),
     ),
