@@ -69,12 +69,16 @@ def test_pixelate_is_a_few_averaged_blocks(astronaut_rgb):
     core = (slice(y1 + 20, y2 - 20), slice(x1 + 20, x2 - 20))
     counts = []
     for strength in (0, 50, 100):
-        out, _ = mask_detections(astronaut_rgb, [_face()], Options(style="pixelate", strength=strength, shape="box"))
+        out, _ = mask_detections(astronaut_rgb, [_face()], Options(style="pixelate", strength=strength, shape="box"), rng=np.random.default_rng(7))
         counts.append(len(np.unique(out[core].reshape(-1, 3), axis=0)))
     assert counts[0] <= 40 and counts[0] >= counts[1] >= counts[2] >= 1
-    # block AVERAGE, not a sampled pixel: the mean colour of the face survives (+-noise)
-    out, _ = mask_detections(astronaut_rgb, [_face()], Options(style="pixelate", strength=100, shape="box"))
-    assert abs(out[core].mean() - astronaut_rgb[core].mean()) < 12
+    # block AVERAGE, not a sampled pixel: the mean colour of the face survives (the noise
+    # is seeded so the check is exact; averaged over seeds it stays centred)
+    means = [
+        mask_detections(astronaut_rgb, [_face()], Options(style="pixelate", strength=100, shape="box"), rng=np.random.default_rng(seed))[0][core].mean()
+        for seed in range(8)
+    ]
+    assert abs(np.mean(means) - astronaut_rgb[core].mean()) < 8
 
 
 def test_strength_scales_with_object_size():
