@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from veil.detection.boxes import iou_matrix
+from veil.detection.boxes import area, intersection_matrix, iou_matrix
 
 BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("<16", 0, 16),
@@ -48,13 +48,7 @@ def covered_fraction(label: np.ndarray, preds: np.ndarray) -> float:
 
 def inside_fraction(preds: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Share of each predicted box's area inside each region, ``(N, M)``."""
-    x1 = np.maximum(preds[:, None, 0], regions[None, :, 0])
-    y1 = np.maximum(preds[:, None, 1], regions[None, :, 1])
-    x2 = np.minimum(preds[:, None, 2], regions[None, :, 2])
-    y2 = np.minimum(preds[:, None, 3], regions[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (preds[:, 2] - preds[:, 0]) * (preds[:, 3] - preds[:, 1])
-    return inter / np.maximum(area[:, None], 1e-9)
+    return intersection_matrix(preds, regions) / np.maximum(area(preds)[:, None], 1e-9)
 
 
 @dataclass
