@@ -161,3 +161,38 @@ def test_presets_trade_recall_for_speed(photos):
     for name in PRESETS:
         faces = by_target(get_engine(name).detect(rgb, ("face",)), "face")
         assert len(faces) >= 2, name
+
+
+def test_merge_regions_grows_clips_and_merges():
+    from veil.detection.yolo import merge_regions
+
+    boxes = np.array([[10, 10, 110, 60], [100, 20, 200, 80], [400, 300, 500, 400], [590, 440, 640, 480]], dtype=np.float32)
+    regions = merge_regions(boxes, 640, 480, margin=0.1, values=np.array([1.5, 2.0, 1.0, 3.0]))
+    assert len(regions) == 3
+    assert regions[0] == ((0, 5, 210, 86), 2.0)  # the two overlapping boxes, grown, clipped, largest value
+    assert regions[1] == ((390, 290, 510, 410), 1.0)
+    assert regions[2][0][2:] == (640, 480)
+    assert merge_regions(np.zeros((0, 4), np.float32), 640, 480) == []
+
+
+def test_plate_vehicle_pass_reuses_the_person_nanodet_pass(photos, monkeypatch):
+    from veil.detection.engine import Engine
+    from veil.detection.nanodet import NanoDet
+    from veil.detection.presets import PRESETS, Plan
+
+    eng = Engine("balanced", permissive=False)
+    plate = PRESETS["balanced"].plate
+    assert any(p.vehicles for p in plate.passes)
+    sizes = {p.size for p in PRESETS["balanced"].person.passes if p.model == "nanodet"} | {plate.vehicle_size}
+    calls: list[int] = []
+    forward = NanoDet.forward
+    monkeypatch.setattr(NanoDet, "forward", lambda self, rgb, size: calls.append(size) or forward(self, rgb, size))
+    rgb = rgb_of(photos["bus"])
+    eng.detect(rgb, ("person", "plate"))
+    assert sorted(calls) == sorted(sizes)  # one forward pass per size, shared by people and vehicles
+    # the bus (about 570 px tall in a 1080 px photo): zoomed to 320 px with no whole-photo pass
+    # to beat, left out when the whole photo is already seen at 640 (zoom gain < 1.25)
+    regions = eng.vehicle_regions(rgb, Plan(()), size=1280)
+    big = [(r, z) for r, z in regions if (r[2] - r[0]) * (r[3] - r[1]) > 0.2 * rgb.shape[0] * rgb.shape[1]]
+    assert len(big) == 1 and big[0][0][1] < 300 and big[0][0][3] > 700 and 0.4 < big[0][1] < 0.7
+    assert not [r for r, z in eng.vehicle_regions(rgb, plate, size=1280) if r == big[0][0]]

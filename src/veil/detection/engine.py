@@ -131,15 +131,22 @@ class Engine:
             fwd = cache[size] = nd.forward(rgb, size)
         return fwd
 
-    def vehicle_regions(self, rgb: np.ndarray, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[tuple[int, int, int, int]]:
-        """Crops for a second look at plates: around each vehicle (NanoDet at
-        ``plan.vehicle_size``) shorter than ``plan.vehicle_max`` of the photo's long side,
-        grown by ``plan.vehicle_margin``; overlapping crops are merged."""
+    def vehicle_regions(
+        self, rgb: np.ndarray, plan: Plan, size: int, cache: dict[int, NanoDetOutputs] | None = None
+    ) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Crops for a second look at plates, as ``(region, scale)``: around each vehicle
+        (NanoDet at ``plan.vehicle_size``), zoomed so the vehicle is ``plan.vehicle_px`` tall
+        in the model's input, at most to the scale of a whole-photo pass at ``size``;
+        vehicles that would gain less than ``plan.vehicle_gain`` over the plan's whole-photo
+        passes are left out. Overlapping crops merge and take their largest zoom."""
         h, w = rgb.shape[:2]
+        long = max(h, w)
+        whole = max((p.size for p in plan.passes if p.size and not (p.tiles or p.vehicles)), default=0) / long
         fwd = self._nanodet(rgb, plan.vehicle_size, {} if cache is None else cache)
         boxes, _, _ = NanoDet.decode(fwd, plan.vehicle_score, VEHICLE_CLASSES)
-        boxes = boxes[(boxes[:, 3] - boxes[:, 1]) < plan.vehicle_max * max(h, w)]
-        return merge_regions(boxes, w, h, plan.vehicle_margin)
+        zoom = np.minimum(plan.vehicle_px / np.maximum(boxes[:, 3] - boxes[:, 1], 1.0), size / long)
+        keep = zoom >= plan.vehicle_gain * whole
+        return merge_regions(boxes[keep], w, h, plan.vehicle_margin, zoom[keep])
 
     def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan, cache: dict[int, NanoDetOutputs]) -> list[Detection]:
         model = self._model(p.model)
@@ -155,7 +162,7 @@ class Engine:
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
             if p.vehicles:
-                return model.regions(rgb, self.vehicle_regions(rgb, plan, cache), p.size, p.floor)
+                return model.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache), p.floor)
             return model.tiled(rgb, p.size, p.floor) if p.tiles else model.run(rgb, p.size, p.floor)
         if isinstance(model, NanoDet):
             return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)

@@ -5,10 +5,11 @@ ensemble of *passes* (a model at a given input size or scale). Candidates of all
 are clustered; a cluster is kept when one pass is sure of it (``accept``) or when at
 least two passes see it with enough summed confidence (``agree``). Faces run CenterFace
 and YuNet at the photo's size and upscaled (small faces need pixels); people run
-YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and,
-where plates are small, again at 1280-scale: on crops around the small and mid-sized
-vehicles that NanoDet found (``balanced``; the person passes' forward pass is reused) or on
-the whole photo and tiles (``thorough``).
+YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and
+take a second look where plates are small: on crops around the small and mid-sized
+vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
+pass is shared with the person passes), or on the whole photo at 1280 and tiles
+(``thorough``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class Pass:
     #: face models: shrink the photo to at most this many pixels first (0 = never); the
     #: fast preset's way to keep large photos cheap
     max_pixels: float = 0.0
-    #: plates: run only on crops around the vehicles NanoDet finds that are not large in
-    #: the photo (see ``Plan.vehicle_*``), at the scale a whole-photo pass at ``size`` uses
+    #: plates: a second look, only on crops around the vehicles NanoDet finds that are small
+    #: in the photo, each zoomed so its plate gets pixels (see ``Plan.vehicle_*``); ``size``
+    #: caps the zoom at the scale a whole-photo pass at that size would use
     vehicles: bool = False
 
 
@@ -48,10 +50,14 @@ class Plan:
     vehicle_size: int = 416
     #: ... its least vehicle score (car, motorcycle, bus, truck)
     vehicle_score: float = 0.3
-    #: ... vehicles at least this tall (share of the photo's long side) are skipped: their
-    #: plate, about a tenth of the vehicle's height, already has pixels at 640
-    vehicle_max: float = 0.5
-    #: ... each crop is the vehicle's box grown by this share of its size on every side
+    #: ... a crop is zoomed so that its vehicle is this tall in the plate model's input: a
+    #: plate is about a tenth of its vehicle's height, and the model wants ~32 px plates
+    vehicle_px: int = 320
+    #: ... vehicles that zoom would enlarge by less than this over the plan's whole-photo
+    #: passes are skipped (their plate already has the pixels)
+    vehicle_gain: float = 1.25
+    #: ... each crop is the vehicle's box grown by this share of its size on every side;
+    #: overlapping crops merge, zoomed for their smallest vehicle
     vehicle_margin: float = 0.1
 
 

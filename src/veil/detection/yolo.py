@@ -85,28 +85,33 @@ class Yolo:
                     out.append(d)
         return out
 
-    def regions(self, rgb: np.ndarray, regions: list[tuple[int, int, int, int]], size: int, threshold: float) -> list[Detection]:
-        """Run on crops of ``rgb`` at the scale a whole-photo pass at ``size`` would use
-        (``size / long side``): that pass's pixels, paid for only where they are needed."""
+    def regions(self, rgb: np.ndarray, regions: list[tuple[tuple[int, int, int, int], float]], threshold: float) -> list[Detection]:
+        """Run on crops of ``rgb``: ``regions`` holds ``((x0, y0, x1, y1), scale)``, the crop
+        in photo pixels and the factor it is resized by for the model (2.0 = upscaled)."""
         H, W = rgb.shape[:2]
-        r = size / max(H, W)
         out: list[Detection] = []
-        for x0, y0, x1, y1 in regions:
+        for (x0, y0, x1, y1), scale in regions:
             crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             if crop.shape[0] < 2 or crop.shape[1] < 2:
                 continue
-            n = max(32, round(max(x1 - x0, y1 - y0) * r))
+            n = max(32, round(max(x1 - x0, y1 - y0) * scale))
             out += [d.scaled(1, 1, x0, y0).clipped(W, H) for d in self.run(crop, n, threshold)]
         return out
 
 
-def merge_regions(boxes: np.ndarray, width: int, height: int, margin: float = 0.1) -> list[tuple[int, int, int, int]]:
+def merge_regions(
+    boxes: np.ndarray, width: int, height: int, margin: float = 0.1, values: np.ndarray | None = None
+) -> list[tuple[tuple[int, int, int, int], float]]:
     """Boxes ``(N, 4)`` grown by ``margin`` of their size on each side, clipped to the photo,
-    and merged while any two overlap (one crop per group: no pixel is looked at twice)."""
+    and merged while any two overlap (one crop per group: no pixel is looked at twice).
+    Returns ``(region, value)`` pairs, ``value`` the largest of its boxes' ``values`` (0
+    without)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    vals = np.zeros(len(boxes), np.float32) if values is None else np.asarray(values, dtype=np.float32)
     rs: list[list[float]] = []
-    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float32).reshape(-1, 4):
+    for (x1, y1, x2, y2), v in zip(boxes, vals):
         mw, mh = (x2 - x1) * margin, (y2 - y1) * margin
-        rs.append([max(0.0, x1 - mw), max(0.0, y1 - mh), min(float(width), x2 + mw), min(float(height), y2 + mh)])
+        rs.append([max(0.0, x1 - mw), max(0.0, y1 - mh), min(float(width), x2 + mw), min(float(height), y2 + mh), float(v)])
     merged = True
     while merged:
         merged = False
@@ -114,10 +119,14 @@ def merge_regions(boxes: np.ndarray, width: int, height: int, margin: float = 0.
         for r in rs:
             for o in out:
                 if r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]:
-                    o[:] = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3])]
+                    o[:] = [min(o[0], r[0]), min(o[1], r[1]), max(o[2], r[2]), max(o[3], r[3]), max(o[4], r[4])]
                     merged = True
                     break
             else:
                 out.append(r)
         rs = out
-    return [(int(x1), int(y1), int(math.ceil(x2)), int(math.ceil(y2))) for x1, y1, x2, y2 in rs if x2 - x1 >= 1 and y2 - y1 >= 1]
+    return [
+        ((int(x1), int(y1), int(math.ceil(x2)), int(math.ceil(y2))), v)
+        for x1, y1, x2, y2, v in rs
+        if x2 - x1 >= 1 and y2 - y1 >= 1
+    ]
