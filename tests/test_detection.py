@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import rgb_of
 from veil.cli.main import app
-from veil.detection.boxes import iou_matrix, merge, nms
+from veil.detection.boxes import iou_matrix, nms
 from veil.detection.consistency import heads_without_faces
 from veil.detection.types import Detection
 
@@ -75,13 +75,10 @@ def test_head_signal_uses_keypoints():
     assert heads_without_faces([person], []) == []
 
 
-def test_nms_and_merge():
+def test_nms():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
     keep = nms(boxes, np.array([0.9, 0.8, 0.7]), 0.5)
     assert keep.tolist() == [0, 2]
-    dets = [Detection("face", s, tuple(b)) for s, b in zip((0.9, 0.8, 0.7), boxes.tolist())]
-    merged = merge(dets, iou=0.5)
-    assert len(merged) == 2 and merged[0].extra["votes"] == 2 and merged[0].score > 0.9
 
 
 def test_cli_detect_json_in_upright_coordinates(tmp_path: Path, photos, engine):

@@ -1,10 +1,8 @@
-"""Box arithmetic shared by all detectors: IoU, NMS and ensemble merging."""
+"""Box arithmetic shared by the detectors and the metric: intersections, IoU, NMS."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from veil.detection.types import Detection
 
 
 def intersection_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -42,48 +40,3 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         ious = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
         order = order[1:][ious <= iou]
     return np.array(keep, dtype=np.int64)
-
-
-def boxes_of(dets: list[Detection]) -> np.ndarray:
-    return np.array([d.box for d in dets], dtype=np.float32).reshape(-1, 4)
-
-
-def merge(dets: list[Detection], iou: float = 0.4, fuse: bool = True) -> list[Detection]:
-    """Merge overlapping detections of one target from several passes or models.
-
-    Each cluster keeps its best-scoring member; with ``fuse`` the box becomes the
-    union-leaning score-weighted mean of the cluster (hiding a bit more is safer than a
-    bit less), and the score grows with agreement between passes.
-    """
-    if len(dets) <= 1:
-        return list(dets)
-    boxes = boxes_of(dets)
-    scores = np.array([d.score for d in dets], dtype=np.float32)
-    order = np.argsort(-scores)
-    used = np.zeros(len(dets), dtype=bool)
-    ious = iou_matrix(boxes, boxes)
-    out: list[Detection] = []
-    for i in order:
-        if used[i]:
-            continue
-        members = np.where((ious[i] > iou) & ~used)[0]
-        used[members] = True
-        best = dets[i]
-        if fuse and len(members) > 1:
-            w = scores[members][:, None]
-            mean = (boxes[members] * w).sum(0) / w.sum()
-            outer = np.array([boxes[members, 0].min(), boxes[members, 1].min(), boxes[members, 2].max(), boxes[members, 3].max()])
-            fused = 0.5 * mean + 0.5 * outer
-            p_miss = float(np.prod(1.0 - np.clip(scores[members], 0, 0.999)))
-            best = Detection(
-                target=best.target,
-                score=max(float(best.score), 1.0 - p_miss),
-                box=tuple(float(v) for v in fused),
-                landmarks=best.landmarks,
-                keypoints=best.keypoints,
-                polygon=best.polygon,
-                source=best.source,
-                extra={**best.extra, "votes": int(len(members))},
-            )
-        out.append(best)
-    return out

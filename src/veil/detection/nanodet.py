@@ -153,26 +153,8 @@ class NanoDet:
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def raw(self, rgb: np.ndarray, size: int, threshold: float, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x, scale, (px, py) = preprocess_nanodet(rgb, size, square=False)
-        out = dict(zip(self.outputs, self.session.run(None, {self.input: x})))
-        boxes, scores, cls = decode_nanodet(out, x.shape[2:], threshold, class_ids=class_ids, nms_iou=0.5)
-        boxes = boxes.copy()
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - px) / scale
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - py) / scale
-        return boxes, scores, cls
-
-    def run(self, rgb: np.ndarray, size: int, threshold: float, target: str = "person"):
-        from veil.detection.types import Detection
-
-        class_ids = (0,) if target == "person" else VEHICLE_CLASSES
-        boxes, scores, _ = self.raw(rgb, size, threshold, class_ids)
-        h, w = rgb.shape[:2]
-        return [Detection(target, float(s), tuple(float(v) for v in b), source=self.model).clipped(w, h) for b, s in zip(boxes, scores)]
-
-    # -- one forward pass, decoded for several targets ------------------------------------
     # The engine runs NanoDet once per (photo, size) and decodes people and vehicles (plate
-    # context) from the same outputs; ``run`` and ``raw`` above are the one-shot forms.
+    # context) from the same outputs.
 
     def forward(self, rgb: np.ndarray, size: int) -> "NanoDetOutputs":
         """The raw outputs of one forward pass, with the letterbox geometry to map them back."""
@@ -182,7 +164,7 @@ class NanoDet:
 
     @staticmethod
     def decode(fwd: "NanoDetOutputs", threshold: float, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``raw`` on the outputs of ``forward``: boxes in photo pixels, scores, class ids."""
+        """Boxes in photo pixels, scores and class ids from the outputs of ``forward``."""
         boxes, scores, cls = decode_nanodet(fwd.outputs, fwd.input_hw, threshold, class_ids=class_ids, nms_iou=0.5)
         boxes = boxes.copy()
         px, py = fwd.pad
@@ -191,7 +173,7 @@ class NanoDet:
         return boxes, scores, cls
 
     def detections(self, fwd: "NanoDetOutputs", threshold: float, target: str = "person"):
-        """``run`` on the outputs of ``forward``."""
+        """``Detection`` objects of ``target`` (person, or vehicle) from the outputs of ``forward``."""
         from veil.detection.types import Detection
 
         class_ids = (0,) if target == "person" else VEHICLE_CLASSES

@@ -73,17 +73,13 @@ class Yolo:
         """Run on ``grid x grid`` overlapping tiles so small objects in large photos get pixels."""
         H, W = rgb.shape[:2]
         tw, th = int(W / (grid - (grid - 1) * overlap)), int(H / (grid - (grid - 1) * overlap))
-        out: list[Detection] = []
+        tiles = []
         for gy in range(grid):
             for gx in range(grid):
                 x0 = min(W - tw, int(gx * tw * (1 - overlap)))
                 y0 = min(H - th, int(gy * th * (1 - overlap)))
-                tile = np.ascontiguousarray(rgb[y0 : y0 + th, x0 : x0 + tw])
-                for d in self.run(tile, size, threshold):
-                    d = d.scaled(1, 1, x0, y0)
-                    # Objects cut by an inner tile edge are left to the full-image pass.
-                    out.append(d)
-        return out
+                tiles.append(((x0, y0, x0 + tw, y0 + th), size / max(tw, th)))
+        return self.regions(rgb, tiles, threshold)
 
     def regions(self, rgb: np.ndarray, regions: list[tuple[tuple[int, int, int, int], float]], threshold: float) -> list[Detection]:
         """Run on crops of ``rgb``: ``regions`` holds ``((x0, y0, x1, y1), scale)``, the crop
