@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,16 @@ def test_jobs_use_worker_processes(tree, tmp_path):
     res = run(tree / "a.jpg", tree / "sub" / "b.png", "-o", tmp_path / "out", "--jobs", "2", "-t", "plate", "--preset", "fast")
     assert res.exit_code == 0, res.output
     assert _files(tmp_path / "out") == ["a.jpg", "b.png"]
+
+
+def test_hide_heads_flag_reaches_the_pipeline(tmp_path, photos):
+    """zidane.jpg: one man's face is turned away, so his head is hidden from his pose."""
+    shutil.copy(photos["zidane"], tmp_path / "z.jpg")
+    heads = {}
+    for flag in ("--hide-heads", "--no-hide-heads"):
+        rep = tmp_path / f"{flag}.json"
+        res = run(tmp_path / "z.jpg", "--dry-run", "--report", rep, flag)
+        assert res.exit_code == 0, res.output
+        (item,) = json.loads(rep.read_text())["images"]
+        heads[flag] = [r for r in item["report"]["regions"] if r["target"] == "head"]
+    assert heads["--hide-heads"] and not heads["--no-hide-heads"]

@@ -196,6 +196,7 @@ def anonymize(
     person_style: Optional[str] = typer.Option(None, "--person-style", help="Style for people only."),
     plate_style: Optional[str] = typer.Option(None, "--plate-style", help="Style for plates only."),
     verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Re-scan outputs for faces (default: on with --preset thorough)."),
+    hide_heads: Optional[bool] = typer.Option(None, "--hide-heads/--no-hide-heads", help="Hide the head of a person whose face was not found (default: on)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="jpeg, png, webp, tiff, bmp or heif (default: the input's)."),
     quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WEBP/HEIF quality 1-100 (default: the input's, else 92)."),
     keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Comma-separated safe fields to keep: icc,orientation,dpi,copyright,artist,datetime."),
@@ -209,7 +210,7 @@ def anonymize(
         "targets": targets, "preset": preset, "style": style, "shape": shape, "strength": strength,
         "feather": feather, "margin": margin, "color": color, "face_style": face_style,
         "person_style": person_style, "plate_style": plate_style, "verify": verify, "format": fmt,
-        "quality": quality, "keep_metadata": keep_metadata,
+        "hide_heads": hide_heads, "quality": quality, "keep_metadata": keep_metadata,
     })  # fmt: skip
     if in_place and output is not None:
         raise OptionsError("use either -o/--output or --in-place, not both")
