@@ -217,3 +217,17 @@ def test_hide_heads_flag_reaches_the_pipeline(tmp_path, photos):
         (item,) = json.loads(rep.read_text())["images"]
         heads[flag] = [r for r in item["report"]["regions"] if r["target"] == "head"]
     assert heads["--hide-heads"] and not heads["--no-hide-heads"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_bad_jobs_is_a_user_error(tree, tmp_path, value):
+    res = run(tree / "a.jpg", "-o", tmp_path / "out", "--jobs", value, *FAST)
+    assert res.exit_code == 2 and "--jobs must be a positive number or auto" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_jobs_one_worker_per_core_for_large_batches():
+    from veil.cli.anonymize import auto_jobs
+
+    assert auto_jobs(1) == auto_jobs(3) == 1  # a worker's start-up costs more than it saves
+    assert 1 <= auto_jobs(10_000) <= 8

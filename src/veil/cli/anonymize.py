@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -33,6 +34,10 @@ from veil.imageio import EXTENSIONS, atomic_write
 from veil.pipeline.options import Options
 
 _SUFFIX = ".anonymized"
+#: memory one worker may need at its peak (models + buffers of a large photo)
+_WORKER_BYTES = 1.0e9
+_MAX_AUTO_JOBS = 8
+_IMAGES_PER_WORKER = 4
 
 
 class _Rate(ProgressColumn):
@@ -86,10 +91,23 @@ def plan(paths: list[Path], outdir: Path | None, in_place: bool, fmt: str | None
 
 
 # -- work: one image, in this process or a worker -----------------------------------------
-def _init_worker() -> None:
+def auto_jobs(images: int) -> int:
+    """Worker processes for ``--jobs auto``: one per core (small models use one core
+    better than they share two), fewer when memory is short or images are few."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 0
+    by_memory = int(avail // _WORKER_BYTES) if avail else cores
+    return max(1, min(cores, images // _IMAGES_PER_WORKER, by_memory, _MAX_AUTO_JOBS))
+
+
+def _init_worker(threads: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # --jobs already uses the cores
+    os.environ.setdefault("VEIL_THREADS", str(threads))  # before any model session exists
 
 
 def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: bool) -> dict[str, Any]:
@@ -123,7 +141,10 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
                 return
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX threads
-    with ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=ctx, initializer=_init_worker) as pool:
+    workers = min(workers, len(args))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(process_one, *a) for a in args]
         try:
             for fut in as_completed(futures):
@@ -134,6 +155,19 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
         finally:
             for f in futures:
                 f.cancel()
+
+
+def _parse_jobs(value: str) -> int:
+    """``--jobs``: a positive number, or 0 for auto."""
+    if value.strip().lower() == "auto":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise OptionsError(f"--jobs must be a positive number or auto; got {value!r}", field="jobs")
+    return n
 
 
 # -- output --------------------------------------------------------------------------------
@@ -203,7 +237,7 @@ def anonymize(
     config: Optional[Path] = typer.Option(None, "--config", help="Options preset file (TOML); flags override it."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the run here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be hidden; write nothing."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes (each loads the models once)."),
+    jobs: str = typer.Option("auto", "--jobs", "-j", help="Worker processes, each loading the models once: a number, or auto (one per core, fewer when memory or images are few)."),
 ) -> None:
     """Hide faces, people and licence plates; strip identifying metadata."""
     options = _options(config, {
@@ -216,17 +250,17 @@ def anonymize(
         raise OptionsError("use either -o/--output or --in-place, not both")
     if in_place and options.format:
         raise OptionsError("--in-place cannot change the format (--format); write to -o instead")
-    if jobs < 1:
-        raise OptionsError("--jobs must be at least 1", field="jobs")
+    workers = _parse_jobs(jobs)
     work = plan(paths, output, in_place, options.format)
     if not work:
         raise OptionsError("no images found in the given paths")
+    workers = workers or auto_jobs(len(work))
 
     items: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("dry run" if dry_run else "anonymize", total=len(work))
-        for item in _run(work, options, dry_run, in_place, jobs):
+        for item in _run(work, options, dry_run, in_place, workers):
             items.append(item)
             if not item["ok"]:
                 bar.console.print(f"[red]failed[/] {item['path']}: {item['error']}", highlight=False, soft_wrap=True)

@@ -30,6 +30,7 @@ from veil.detection.text import TextDetector, plate_like
 from veil.detection.types import TARGETS, Detection
 from veil.detection.yolo import Yolo, merge_regions
 from veil.errors import OptionsError
+from veil.inference.memory import release_freed_memory
 from veil.models.registry import get_spec
 from veil.models.store import permissive_only
 
@@ -110,6 +111,8 @@ class Engine:
         out = [d for t in TARGETS for d in found.get(t, [])]
         if "face" in found and "person" in found and self.preset.person_heads:
             out += heads_without_faces(found["person"], found["face"])
+        cache.clear()
+        release_freed_memory()
         return out
 
     def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:

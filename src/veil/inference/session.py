@@ -11,7 +11,6 @@ import threading
 
 import onnxruntime as ort
 
-from veil.inference.memory import return_large_buffers
 from veil.models.store import default_store
 
 _SESSIONS: dict[str, ort.InferenceSession] = {}
@@ -33,7 +32,6 @@ def get_session(name: str) -> ort.InferenceSession:
         sess = _SESSIONS.get(name)
         if sess is not None:
             return sess
-        return_large_buffers()
         path = default_store().path(name)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
