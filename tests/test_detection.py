@@ -193,3 +193,36 @@ def test_plate_vehicle_pass_reuses_the_person_nanodet_pass(photos, monkeypatch):
     big = [(r, z) for r, z in regions if (r[2] - r[0]) * (r[3] - r[1]) > 0.2 * rgb.shape[0] * rgb.shape[1]]
     assert len(big) == 1 and big[0][0][1] < 300 and big[0][0][3] > 700 and 0.4 < big[0][1] < 0.7
     assert not [r for r, z in eng.vehicle_regions(rgb, plate, size=1280) if r == big[0][0]]
+
+
+def test_upscaled_passes_follow_the_budget(photos, monkeypatch):
+    """A 2x pass runs at 2x on a small photo, at the budget's factor on a larger one; YuNet
+    (min_scale 1.0) still runs at 1x where the budget leaves no upscale, CenterFace's 2x
+    pass (min_scale 1.3) is skipped there."""
+    from veil.detection.engine import Engine
+    from veil.detection.faces import CenterFace, YuNet
+
+    eng = Engine("balanced", permissive=False)
+    seen: list[tuple[str, float]] = []
+    for cls in (CenterFace, YuNet):
+        call = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, rgb, thr, scale=1.0, _c=call: seen.append((self.model, round(scale, 2))) or _c(self, rgb, thr, scale))
+    rgb = rgb_of(photos["zidane"])  # 1280 x 720: 0.92 MP, the 1 MP budget allows 1.04x
+    eng.detect(rgb, ("face",))
+    assert sorted(seen) == [("centerface", 1.0), ("yunet", 1.04)]
+    seen.clear()
+    eng.detect(np.ascontiguousarray(rgb[:360, :640]), ("face",))  # 0.23 MP: 2x fits the budget
+    assert sorted(seen) == [("centerface", 1.0), ("centerface", 2.0), ("yunet", 2.0)]
+
+
+def test_worker_processes_get_huge_pages(monkeypatch):
+    from veil.inference.memory import huge_pages_for_children
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    huge_pages_for_children()
+    huge_pages_for_children()  # idempotent
+    import os
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"

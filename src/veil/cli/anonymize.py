@@ -31,6 +31,7 @@ from veil.cli.common import console, err_console, user_errors
 from veil.cli.paths import collect_images
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import EXTENSIONS, atomic_write
+from veil.inference.memory import huge_pages_for_children
 from veil.pipeline.options import Options
 
 _SUFFIX = ".anonymized"
@@ -144,6 +145,7 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
     workers = min(workers, len(args))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // workers)
+    huge_pages_for_children()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(process_one, *a) for a in args]
         try:

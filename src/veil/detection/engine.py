@@ -160,8 +160,9 @@ class Engine:
                 scale = min(scale, math.sqrt(p.max_pixels / (h * w)))
             if p.scale > 1.0:
                 scale = min(scale, math.sqrt(plan.upscale_budget / (h * w)))
-                if scale < 1.3:
+                if scale < p.min_scale:
                     return []  # too little gain for the cost
+                scale = max(scale, 1.0)
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
             if p.vehicles:

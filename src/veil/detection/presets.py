@@ -4,7 +4,8 @@ Recall comes first, and no single small model is good enough, so each target run
 ensemble of *passes* (a model at a given input size or scale). Candidates of all passes
 are clustered; a cluster is kept when one pass is sure of it (``accept``) or when at
 least two passes see it with enough summed confidence (``agree``). Faces run CenterFace
-and YuNet at the photo's size and upscaled (small faces need pixels); people run
+at the photo's size and upscaled (small faces need pixels) and YuNet once, at the
+largest scale the upscale budget allows; people run
 YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and
 take a second look where plates are small: on crops around the small and mid-sized
 vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
@@ -25,6 +26,10 @@ class Pass:
     floor: float  # candidates below this score are not even voted on
     accept: float  # one pass this sure is enough
     scale: float = 1.0  # face models: resize factor of the photo (2.0 = upscaled)
+    #: upscaled face passes: where ``Plan.upscale_budget`` caps the factor below this, the
+    #: pass is skipped (too little gain for its cost); at most 1.0 it runs at the capped
+    #: factor but never below 1x, i.e. one pass of that model at the best scale affordable
+    min_scale: float = 1.3
     size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
     tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
     #: face models: shrink the photo to at most this many pixels first (0 = never); the
@@ -76,14 +81,14 @@ _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "na
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
-        face=Plan((Pass(_CF, 0.2, 0.25, max_pixels=0.35e6), Pass(_YN, 0.5, 0.5, max_pixels=0.35e6)), agree=0.6),
+        face=Plan((Pass(_CF, 0.2, 0.2, max_pixels=0.35e6),)),
         person=Plan((Pass(_ND, 0.3, 0.3, size=416),)),
-        plate=Plan((Pass(_PLATE, 0.1, 0.1, size=640),)),
+        plate=Plan((Pass(_PLATE, 0.05, 0.05, size=480),)),
     ),
     "balanced": Preset(
         name="balanced",
         face=Plan(
-            (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35), Pass(_YN, 0.3, 0.35, scale=2.0)),
+            (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35, scale=2.0, min_scale=1.0)),
             agree=0.3,
         ),
         person=Plan(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import Any
 
@@ -31,3 +32,17 @@ def release_freed_memory() -> None:
                 pass
     if _libc:
         _libc.malloc_trim(0)
+
+
+_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def huge_pages_for_children() -> None:
+    """Let worker processes started from now on back large buffers with transparent huge
+    pages. A photo's biggest buffers (over glibc's 32 MB mmap limit) are mapped afresh
+    each time; with 4 KB pages the kernel's page faults cost about a fifth of the CPU
+    time, with 2 MB pages far less. glibc reads the setting only at start-up, so it
+    applies to children; other C libraries ignore it."""
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    if sys.platform.startswith("linux") and "glibc.malloc.hugetlb" not in current:
+        os.environ["GLIBC_TUNABLES"] = f"{current}:{_HUGE_PAGES}" if current else _HUGE_PAGES
