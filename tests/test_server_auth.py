@@ -165,3 +165,13 @@ def test_keys_cli_round_trip(tmp_path):
     assert runner.invoke(app, ["keys", "revoke", created["id"], "--data-dir", str(tmp_path)]).exit_code == 1
     db = tmp_path / "veil-server.sqlite3"
     assert (db.stat().st_mode & 0o777) == 0o600 and (tmp_path.stat().st_mode & 0o777) == 0o700
+
+
+def test_keys_cli_takes_the_server_default_quota(tmp_path, monkeypatch):
+    from veil.cli.main import app
+
+    monkeypatch.setenv("VEIL_SERVER_DEFAULT_QUOTA_PER_DAY", "250")
+    runner = CliRunner()
+    args = ["keys", "create", "--json", "--data-dir", str(tmp_path)]
+    assert json.loads(runner.invoke(app, args).stdout)["quota_per_day"] == 250
+    assert json.loads(runner.invoke(app, [*args, "--quota-per-day", "0"]).stdout)["quota_per_day"] == 0

@@ -140,3 +140,37 @@ def test_callback_url_rules():
         check_callback_url("http://169.254.169.254/", allow_private=False, allow_local=True)
     check_callback_url("http://169.254.169.254/", allow_private=True, allow_local=False)
     check_callback_url("https://93.184.215.14/hook", allow_private=False, allow_local=False)
+
+
+def test_webhook_posts_to_the_checked_address_without_a_second_lookup(monkeypatch):
+    """DNS rebinding: the host is resolved once per attempt, checked, and connected to;
+    the receiver still sees the original Host header."""
+    import socket
+
+    from veil.server.webhooks import WebhookSender, pinned_request
+
+    rec = Receiver()
+    port = int(rec.url.rsplit(":", 1)[1].split("/")[0])
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def fake_dns(host, *args, **kwargs):  # the outside world: a name that resolves to loopback
+        if host == "hooks.example":
+            lookups.append(host)
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
+    sender = WebhookSender(allow_private=False, allow_local=True, backoff=0.1, max_seconds=10)
+    sender.start()
+    try:
+        sender.send(f"http://hooks.example:{port}/hook", "job.done", {"ok": True}, "s3cret", job_id="j1")
+        assert rec.event.wait(30)
+        assert rec.requests[0]["headers"]["host"] == f"hooks.example:{port}"
+        assert lookups == ["hooks.example"]  # checked once; httpx did not resolve it again
+    finally:
+        sender.stop()
+        rec.close()
+    url, headers, ext = pinned_request("https://hooks.example/x?y=1", __import__("ipaddress").ip_address("2001:db8::1"))
+    assert url == "https://[2001:db8::1]/x?y=1" and headers == {"Host": "hooks.example"} and ext == {"sni_hostname": "hooks.example"}
+    assert pinned_request("http://127.0.0.1:9/x", None) == ("http://127.0.0.1:9/x", {}, {})

@@ -16,27 +16,34 @@ app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys o
 DataDir = typer.Option(None, "--data-dir", envvar="VEIL_SERVER_DATA_DIR", help="The server's data dir.")
 
 
-def _manager(data_dir: Optional[Path]):  # noqa: ANN202
+def _config(data_dir: Optional[Path]):  # noqa: ANN202
     from veil.server.config import ServerConfig
+
+    return ServerConfig.from_env(data_dir=data_dir)
+
+
+def _manager(data_dir: Optional[Path], config=None):  # noqa: ANN001, ANN202
     from veil.server.keys import KeyManager
     from veil.server.store import Store
 
-    config = ServerConfig.from_env(data_dir=data_dir)
-    return KeyManager(Store(config.db_path))
+    return KeyManager(Store((config or _config(data_dir)).db_path))
 
 
 @app.command("create")
 @user_errors
 def create(
     name: str = typer.Option("", "--name", help="A label for the key (who or what uses it)."),
-    quota_per_day: int = typer.Option(0, "--quota-per-day", min=0, help="Images per UTC day; 0 = unlimited."),
+    quota_per_day: Optional[int] = typer.Option(None, "--quota-per-day", min=0,
+                                                help="Images per UTC day; 0 = unlimited (default: the server's default_quota_per_day, 0)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1,
                                                  help="Unfinished jobs at once (default: server limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Create a key. The key and its webhook secret are shown once: store them now."""
-    created = _manager(data_dir).create(name, quota_per_day=quota_per_day, max_concurrent=max_concurrent)
+    config = _config(data_dir)
+    quota = config.default_quota_per_day if quota_per_day is None else quota_per_day
+    created = _manager(data_dir, config).create(name, quota_per_day=quota, max_concurrent=max_concurrent)
     if as_json:
         print(json.dumps({**created.key.public(), "key": created.token, "webhook_secret": created.key.secret}))
         return

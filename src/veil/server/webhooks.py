@@ -11,7 +11,8 @@ address the host resolves to): only ``http``/``https``; cloud-metadata and link-
 addresses (169.254.0.0/16, fe80::/10, 100.100.100.200, fd00:ec2::254, 168.63.129.16…)
 are refused; loopback and private ranges are allowed only when the server itself is
 bound to loopback (open local mode — a local tool posting to a local receiver). Set
-``allow_private_webhooks`` to lift all of these. Redirects are never followed.
+``allow_private_webhooks`` to lift all of these. Redirects are never followed, and the
+POST goes to the very address that was checked (no second DNS lookup).
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ class WebhookURLError(ValueError):
     """The callback URL is not allowed."""
 
 
-def check_callback_url(url: str, *, allow_private: bool, allow_local: bool, resolve: bool = True) -> None:
-    """Raise :class:`WebhookURLError` when ``url`` may not receive webhooks."""
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def check_callback_url(url: str, *, allow_private: bool, allow_local: bool, resolve: bool = True) -> list[Address]:
+    """Raise :class:`WebhookURLError` when ``url`` may not receive webhooks; return the
+    addresses checked (none when private targets are allowed or nothing was resolved)."""
     if not isinstance(url, str) or len(url) > 2048:
         raise WebhookURLError("callback_url must be a URL of at most 2048 characters")
     try:
@@ -79,12 +84,12 @@ def check_callback_url(url: str, *, allow_private: bool, allow_local: bool, reso
     if not host:
         raise WebhookURLError("callback_url has no host")
     if allow_private:
-        return
+        return []
     try:
-        addrs = [ipaddress.ip_address(host)]
+        addrs: list[Address] = [ipaddress.ip_address(host)]
     except ValueError:
         if not resolve:
-            return
+            return []
         try:
             infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
         except socket.gaierror as exc:
@@ -92,6 +97,27 @@ def check_callback_url(url: str, *, allow_private: bool, allow_local: bool, reso
         addrs = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for addr in addrs:
         _check_address(addr, allow_local=allow_local)
+    return addrs
+
+
+def pinned_request(url: str, addr: Address | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` rewritten to connect to ``addr``, the address that was checked, with the
+    ``Host`` header and TLS name (SNI and certificate check) of the original host: the
+    HTTP client must not resolve the name again, or a DNS answer that changes between
+    check and connect (DNS rebinding) could point the webhook at an internal address."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    if addr is None or literal:
+        return url, {}, {}
+    ip = f"[{addr}]" if isinstance(addr, ipaddress.IPv6Address) else str(addr)
+    netloc = ip if parts.port is None else f"{ip}:{parts.port}"
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    return parts._replace(netloc=netloc).geturl(), {"Host": host_header}, {"sni_hostname": host}
 
 
 def _check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_local: bool) -> None:
@@ -232,7 +258,7 @@ class WebhookSender:
     def _attempt(self, d: _Delivery) -> None:
         d.attempts += 1
         try:
-            check_callback_url(d.url, allow_private=self.allow_private, allow_local=self.allow_local)
+            addrs = check_callback_url(d.url, allow_private=self.allow_private, allow_local=self.allow_local)
         except WebhookURLError as exc:
             log.warning("webhook for job %s dropped: %s", d.job_id, exc)
             self._report(d, "refused")
@@ -249,7 +275,8 @@ class WebhookSender:
         ok = False
         try:
             assert self._client is not None
-            resp = self._client.post(d.url, content=d.body, headers=headers)
+            url, pin_headers, extensions = pinned_request(d.url, addrs[0] if addrs else None)
+            resp = self._client.post(url, content=d.body, headers={**headers, **pin_headers}, extensions=extensions)
             ok = 200 <= resp.status_code < 300
             if not ok:
                 log.info("webhook for job %s: receiver answered %s", d.job_id, resp.status_code)
