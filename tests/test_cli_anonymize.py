@@ -226,8 +226,26 @@ def test_bad_jobs_is_a_user_error(tree, tmp_path, value):
     assert not (tmp_path / "out").exists()
 
 
-def test_auto_jobs_one_worker_per_core_for_large_batches():
-    from veil.cli.anonymize import auto_jobs
+def test_auto_jobs_one_worker_per_core_within_memory(monkeypatch):
+    import veil.cli.anonymize as cli
 
-    assert auto_jobs(1) == auto_jobs(3) == 1  # a worker's start-up costs more than it saves
-    assert 1 <= auto_jobs(10_000) <= 8
+    monkeypatch.setattr(cli, "_cores", lambda: 4)
+    monkeypatch.setattr(cli, "available_memory", lambda: 16e9)
+    assert cli.auto_jobs(1) == cli.auto_jobs(7) == 1  # a worker's start-up costs more than it saves
+    assert cli.auto_jobs(8) == 2 and cli.auto_jobs(10_000) == 4
+    monkeypatch.setattr(cli, "available_memory", lambda: 2.5e9)  # room for two workers
+    assert cli.auto_jobs(10_000) == 2
+    monkeypatch.setattr(cli, "available_memory", lambda: 0.3e9)
+    assert cli.auto_jobs(10_000) == 1
+    monkeypatch.setattr(cli, "_cores", lambda: 64)
+    monkeypatch.setattr(cli, "available_memory", lambda: 0)  # unknown: cores decide, capped
+    assert cli.auto_jobs(10_000) == 8
+
+
+def test_available_memory_is_read_from_the_system():
+    from veil.cli.anonymize import available_memory
+
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert 50e6 < available_memory() < 1e15

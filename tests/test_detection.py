@@ -213,16 +213,28 @@ def test_upscaled_passes_follow_the_budget(photos, monkeypatch):
     seen.clear()
     eng.detect(np.ascontiguousarray(rgb[:360, :640]), ("face",))  # 0.23 MP: 2x fits the budget
     assert sorted(seen) == [("centerface", 1.0), ("centerface", 2.0), ("yunet", 2.0)]
+    seen.clear()
+    big = np.ascontiguousarray(np.concatenate([rgb, rgb], axis=0))  # 1.84 MP: over the budget
+    eng.detect(big, ("face",))
+    assert sorted(seen) == [("centerface", 1.0), ("yunet", 1.0)]
 
 
 def test_worker_processes_get_huge_pages(monkeypatch):
     from veil.inference.memory import huge_pages_for_children
 
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    huge_pages_for_children()
-    huge_pages_for_children()  # idempotent
     import os
+    import subprocess
     import sys
 
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    with huge_pages_for_children():
+        with huge_pages_for_children():  # no second copy
+            child = subprocess.run([sys.executable, "-c", "import os; print(os.environ['GLIBC_TUNABLES'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"  # the parent's is unchanged after
     if sys.platform.startswith("linux"):
-        assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+        assert child == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    with huge_pages_for_children():
+        pass
+    assert "GLIBC_TUNABLES" not in os.environ

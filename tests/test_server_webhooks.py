@@ -154,10 +154,10 @@ def test_webhook_posts_to_the_checked_address_without_a_second_lookup(monkeypatc
     lookups: list[str] = []
     real = socket.getaddrinfo
 
-    def fake_dns(host, *args, **kwargs):  # the outside world: a name that resolves to loopback
-        if host == "hooks.example":
+    def fake_dns(host, *args, **kwargs):  # the outside world: a name with two addresses,
+        if host == "hooks.example":  # the first one dead (nothing listens on 127.0.0.2)
             lookups.append(host)
-            return real("127.0.0.1", *args, **kwargs)
+            return real("127.0.0.2", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
@@ -171,6 +171,11 @@ def test_webhook_posts_to_the_checked_address_without_a_second_lookup(monkeypatc
     finally:
         sender.stop()
         rec.close()
-    url, headers, ext = pinned_request("https://hooks.example/x?y=1", __import__("ipaddress").ip_address("2001:db8::1"))
-    assert url == "https://[2001:db8::1]/x?y=1" and headers == {"Host": "hooks.example"} and ext == {"sni_hostname": "hooks.example"}
+    ip = __import__("ipaddress").ip_address
+    url, headers, ext = pinned_request("https://hooks.example/x?y=1", ip("2001:db8::1"))
+    assert url == "https://[2001:db8::1]/x?y=1" and ext == {"sni_hostname": "hooks.example"}
+    assert headers == {"Host": "hooks.example", "Connection": "close"}
+    url, headers, ext = pinned_request("https://user:pw@bücher.example:8443/x", ip("93.184.215.14"))
+    assert url == "https://user:pw@93.184.215.14:8443/x"
+    assert headers["Host"] == "xn--bcher-kva.example:8443" and ext == {"sni_hostname": "xn--bcher-kva.example"}
     assert pinned_request("http://127.0.0.1:9/x", None) == ("http://127.0.0.1:9/x", {}, {})

@@ -95,13 +95,37 @@ def plan(paths: list[Path], outdir: Path | None, in_place: bool, fmt: str | None
 def auto_jobs(images: int) -> int:
     """Worker processes for ``--jobs auto``: one per core (small models use one core
     better than they share two), fewer when memory is short or images are few."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 0
+    cores = _cores()
+    avail = available_memory()
     by_memory = int(avail // _WORKER_BYTES) if avail else cores
     return max(1, min(cores, images // _IMAGES_PER_WORKER, by_memory, _MAX_AUTO_JOBS))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    """Bytes this process can still use: the kernel's MemAvailable (free memory plus
+    reclaimable caches), capped by a container's (cgroup v2) memory limit; 0 = unknown."""
+    avail = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            avail = min(avail, room) if avail else room
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 def _init_worker(threads: int) -> None:
@@ -143,11 +167,10 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX threads
     workers = min(workers, len(args))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
-    huge_pages_for_children()
+    threads = max(1, _cores() // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(process_one, *a) for a in args]
+        with huge_pages_for_children():  # spawn-based pools start every worker during the first submits
+            futures = [pool.submit(process_one, *a) for a in args]
         try:
             for fut in as_completed(futures):
                 item = fut.result()

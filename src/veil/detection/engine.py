@@ -160,9 +160,10 @@ class Engine:
                 scale = min(scale, math.sqrt(p.max_pixels / (h * w)))
             if p.scale > 1.0:
                 scale = min(scale, math.sqrt(plan.upscale_budget / (h * w)))
-                if scale < p.min_scale:
+                if p.min_scale <= 1.0:
+                    scale = max(scale, 1.0)  # the best scale affordable, never below 1x
+                elif scale < p.min_scale:
                     return []  # too little gain for the cost
-                scale = max(scale, 1.0)
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
             if p.vehicles:

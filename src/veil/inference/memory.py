@@ -10,11 +10,12 @@ power-of-two growth kept for the process' life.)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 _libc: Any = None
 
@@ -37,12 +38,22 @@ def release_freed_memory() -> None:
 _HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
-def huge_pages_for_children() -> None:
-    """Let worker processes started from now on back large buffers with transparent huge
-    pages. A photo's biggest buffers (over glibc's 32 MB mmap limit) are mapped afresh
-    each time; with 4 KB pages the kernel's page faults cost about a fifth of the CPU
-    time, with 2 MB pages far less. glibc reads the setting only at start-up, so it
-    applies to children; other C libraries ignore it."""
-    current = os.environ.get("GLIBC_TUNABLES", "")
+@contextlib.contextmanager
+def huge_pages_for_children() -> Iterator[None]:
+    """Let worker processes started inside this block back large buffers with transparent
+    huge pages. A photo's biggest buffers (over glibc's 32 MB mmap limit) are mapped afresh
+    each time; with 4 KB pages the kernel's page faults cost about a fifth of the CPU time,
+    with 2 MB pages far less. glibc reads the setting only at start-up, so it is put in the
+    environment the children inherit and taken out again afterwards; other C libraries
+    ignore it."""
+    before = os.environ.get("GLIBC_TUNABLES")
+    current = before or ""
     if sys.platform.startswith("linux") and "glibc.malloc.hugetlb" not in current:
         os.environ["GLIBC_TUNABLES"] = f"{current}:{_HUGE_PAGES}" if current else _HUGE_PAGES
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("GLIBC_TUNABLES", None)
+        else:
+            os.environ["GLIBC_TUNABLES"] = before

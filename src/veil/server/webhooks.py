@@ -101,10 +101,12 @@ def check_callback_url(url: str, *, allow_private: bool, allow_local: bool, reso
 
 
 def pinned_request(url: str, addr: Address | None) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """``url`` rewritten to connect to ``addr``, the address that was checked, with the
+    """``url`` rewritten to connect to ``addr``, an address that was checked, with the
     ``Host`` header and TLS name (SNI and certificate check) of the original host: the
     HTTP client must not resolve the name again, or a DNS answer that changes between
-    check and connect (DNS rebinding) could point the webhook at an internal address."""
+    check and connect (DNS rebinding) could point the webhook at an internal address.
+    Pinned connections are not kept alive (a pooled connection is matched by address
+    alone and could otherwise serve another host name on the same address)."""
     parts = urlsplit(url.strip())
     host = parts.hostname or ""
     try:
@@ -114,10 +116,16 @@ def pinned_request(url: str, addr: Address | None) -> tuple[str, dict[str, str],
         literal = False
     if addr is None or literal:
         return url, {}, {}
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise WebhookURLError(f"callback_url host {host!r} is not a valid host name") from None
     ip = f"[{addr}]" if isinstance(addr, ipaddress.IPv6Address) else str(addr)
-    netloc = ip if parts.port is None else f"{ip}:{parts.port}"
-    host_header = host if parts.port is None else f"{host}:{parts.port}"
-    return parts._replace(netloc=netloc).geturl(), {"Host": host_header}, {"sni_hostname": host}
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + (ip if parts.port is None else f"{ip}:{parts.port}")
+    host_header = ascii_host if parts.port is None else f"{ascii_host}:{parts.port}"
+    headers = {"Host": host_header, "Connection": "close"}
+    return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": ascii_host}
 
 
 def _check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_local: bool) -> None:
@@ -253,7 +261,11 @@ class WebhookSender:
                 if self._stop:
                     return
                 d = heapq.heappop(self._heap)
-            self._attempt(d)
+            try:
+                self._attempt(d)
+            except Exception:  # one odd delivery must not stop all later ones
+                log.exception("webhook for job %s failed unexpectedly", d.job_id)
+                self._report(d, "failed")
 
     def _attempt(self, d: _Delivery) -> None:
         d.attempts += 1
@@ -273,15 +285,21 @@ class WebhookSender:
             SIGNATURE_HEADER: sign(d.secret, ts, d.body),
         }
         ok = False
-        try:
-            assert self._client is not None
-            url, pin_headers, extensions = pinned_request(d.url, addrs[0] if addrs else None)
-            resp = self._client.post(url, content=d.body, headers={**headers, **pin_headers}, extensions=extensions)
+        assert self._client is not None
+        for addr in list(dict.fromkeys(addrs)) or [None]:  # each checked address in turn, as a resolver would
+            try:
+                url, pin_headers, extensions = pinned_request(d.url, addr)
+                resp = self._client.post(url, content=d.body, headers={**headers, **pin_headers}, extensions=extensions)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.info("webhook for job %s: %s", d.job_id, exc)
+                continue
+            except (httpx.HTTPError, WebhookURLError) as exc:
+                log.info("webhook for job %s: %s", d.job_id, exc)
+                break
             ok = 200 <= resp.status_code < 300
             if not ok:
                 log.info("webhook for job %s: receiver answered %s", d.job_id, resp.status_code)
-        except httpx.HTTPError as exc:
-            log.info("webhook for job %s: %s", d.job_id, exc)
+            break
         if ok:
             self._report(d, "delivered")
             return
