@@ -81,7 +81,7 @@ _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "na
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
-        face=Plan((Pass(_CF, 0.2, 0.2, max_pixels=0.35e6),)),
+        face=Plan((Pass(_CF, 0.2, 0.2, max_pixels=0.25e6),)),
         person=Plan((Pass(_ND, 0.3, 0.3, size=416),)),
         plate=Plan((Pass(_PLATE, 0.05, 0.05, size=480),)),
     ),
