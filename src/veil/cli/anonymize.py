@@ -262,7 +262,7 @@ def anonymize(
     config: Optional[Path] = typer.Option(None, "--config", help="Options preset file (TOML); flags override it."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the run here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be hidden; write nothing."),
-    jobs: str = typer.Option("auto", "--jobs", "-j", help="Worker processes, each loading the models once: a number, or auto (one per core, fewer when memory or images are few)."),
+    jobs: str = typer.Option("auto", "--jobs", "-j", metavar="N|auto", help="Worker processes, each loading the models once: a number, or auto (one per core, fewer when memory or images are few)."),
 ) -> None:
     """Hide faces, people and licence plates; strip identifying metadata."""
     options = _options(config, {
