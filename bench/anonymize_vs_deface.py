@@ -81,22 +81,12 @@ def _children_proc(pid: int) -> list[int]:
     return out
 
 
-def _status_kb(pid: int, key: bytes) -> int:
+def _proc_kb(pid: int, name: str, key: bytes) -> int:
+    """The kB value of the ``key`` line in ``/proc/<pid>/<name>`` (0 when gone)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
             for line in f:
                 if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -145,8 +135,8 @@ class TreeMemory(threading.Thread):
         for pid in pids:
             one = 0
             if self._linux:
-                one = _status_kb(pid, b"VmRSS:") * 1024
-                pss += _pss_kb(pid) * 1024
+                one = _proc_kb(pid, "status", b"VmRSS:") * 1024
+                pss += _proc_kb(pid, "smaps_rollup", b"Pss:") * 1024
             elif self._psutil is not None:
                 try:
                     one = self._psutil.Process(pid).memory_info().rss

@@ -22,11 +22,11 @@ def _config(data_dir: Optional[Path]):  # noqa: ANN202
     return ServerConfig.from_env(data_dir=data_dir)
 
 
-def _manager(data_dir: Optional[Path], config=None):  # noqa: ANN001, ANN202
+def _manager(config):  # noqa: ANN001, ANN202
     from veil.server.keys import KeyManager
     from veil.server.store import Store
 
-    return KeyManager(Store((config or _config(data_dir)).db_path))
+    return KeyManager(Store(config.db_path))
 
 
 @app.command("create")
@@ -43,7 +43,7 @@ def create(
     """Create a key. The key and its webhook secret are shown once: store them now."""
     config = _config(data_dir)
     quota = config.default_quota_per_day if quota_per_day is None else quota_per_day
-    created = _manager(data_dir, config).create(name, quota_per_day=quota, max_concurrent=max_concurrent)
+    created = _manager(config).create(name, quota_per_day=quota, max_concurrent=max_concurrent)
     if as_json:
         print(json.dumps({**created.key.public(), "key": created.token, "webhook_secret": created.key.secret}))
         return
@@ -60,7 +60,7 @@ def list_keys(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """List keys (ids, quotas, today's use); never the keys themselves."""
-    mgr = _manager(data_dir)
+    mgr = _manager(_config(data_dir))
     keys = mgr.list()
     rows = [{**k.public(), "used_today": mgr.used_today(k.id)} for k in keys]
     if as_json:
@@ -84,7 +84,7 @@ def revoke(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Revoke a key at once; requests with it get 401."""
-    if not _manager(data_dir).revoke(key_id):
+    if not _manager(_config(data_dir)).revoke(key_id):
         err_console.print(f"[red]no active key {key_id!r}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}", highlight=False)

@@ -111,7 +111,7 @@ class Engine:
         out = [d for t in TARGETS for d in found.get(t, [])]
         if "face" in found and "person" in found and self.preset.person_heads:
             out += heads_without_faces(found["person"], found["face"])
-        cache.clear()
+        cache.clear()  # NanoDet's outputs, so the trim below can return them too
         release_freed_memory()
         return out
 
