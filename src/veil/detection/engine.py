@@ -41,6 +41,7 @@ _FACTORIES = {
     "yunet": YuNet,
     "nanodet": NanoDet,
     "ppocr-det": TextDetector,
+    "face-yolo11m": lambda: Yolo("face-yolo11m", "face"),
     "plate-yolov8n": lambda: Yolo("plate-yolov8n", "plate"),
     "person-yolo11n-pose": lambda: Yolo("person-yolo11n-pose", "person", nkpt=17),
 }
@@ -66,10 +67,13 @@ class Engine:
             return m
 
     def plan(self, target: str) -> Plan:
-        """The plan for ``target``, without copyleft-licensed models in permissive mode."""
+        """The plan for ``target``, without copyleft-licensed models in permissive mode
+        (where the preset names its own permissive face plan, that one)."""
         plan: Plan = getattr(self.preset, target)
         if not self.permissive:
             return plan
+        if target == "face" and self.preset.permissive_face is not None:
+            plan = self.preset.permissive_face
         passes = tuple(p for p in plan.passes if get_spec(p.model).permissive)
         return dataclasses.replace(plan, passes=passes)
 
@@ -168,7 +172,7 @@ class Engine:
         if isinstance(model, Yolo):
             if p.vehicles:
                 return model.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache), p.floor)
-            return model.tiled(rgb, p.size, p.floor) if p.tiles else model.run(rgb, p.size, p.floor)
+            return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale) if p.tiles else model.run(rgb, p.size, p.floor)
         if isinstance(model, NanoDet):
             return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover

@@ -3,9 +3,10 @@
 Recall comes first, and no single small model is good enough, so each target runs an
 ensemble of *passes* (a model at a given input size or scale). Candidates of all passes
 are clustered; a cluster is kept when one pass is sure of it (``accept``) or when at
-least two passes see it with enough summed confidence (``agree``). Faces run CenterFace
-at the photo's size and upscaled (small faces need pixels) and YuNet once, at the
-largest scale the upscale budget allows; people run
+least two passes see it with enough summed confidence (``agree``). Faces run one strong
+detector (YOLO11m trained on WIDER FACE) on the whole photo and, where that shrinks a large
+photo, on tiles (``thorough`` adds CenterFace and YuNet, upscaled for small faces; ``fast``
+and the permissive setting run CenterFace, plus YuNet in permissive mode); people run
 YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and
 take a second look where plates are small: on crops around the small and mid-sized
 vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
@@ -32,6 +33,9 @@ class Pass:
     min_scale: float = 1.3
     size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
     tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
+    #: tiles: instead of 2x2, as many tiles as it takes for each to be shrunk by at most
+    #: this factor into the model's input (none where the whole photo already is)
+    tile_scale: float = 0.0
     #: face models: shrink the photo to at most this many pixels first (0 = never); the
     #: fast preset's way to keep large photos cheap
     max_pixels: float = 0.0
@@ -74,9 +78,18 @@ class Preset:
     plate: Plan
     #: hide the head of a person whose face was not found (consistency signal)
     person_heads: bool = True
+    #: faces when only permissively licensed weights may run (``face``'s model is AGPL)
+    permissive_face: Plan | None = None
 
 
 _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "nanodet", "plate-yolov8n"
+_YF = "face-yolo11m"
+
+#: faces from the MIT-licensed models alone: CenterFace at 1x and upscaled, YuNet once
+_PERMISSIVE_FACE = Plan(
+    (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35, scale=2.0, min_scale=1.0)),
+    agree=0.3,
+)
 
 PRESETS: dict[str, Preset] = {
     "fast": Preset(
@@ -87,10 +100,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "balanced": Preset(
         name="balanced",
-        face=Plan(
-            (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35, scale=2.0, min_scale=1.0)),
-            agree=0.3,
-        ),
+        # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
+        # by more than 2x (a 16 px face stays >= 8 px in the model's input)
+        face=Plan((Pass(_YF, 0.15, 0.15, size=640), Pass(_YF, 0.15, 0.15, size=640, tiles=True, tile_scale=0.5))),
         person=Plan(
             (Pass(_POSE, 0.15, 0.3, size=640), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
             agree=0.6,
@@ -100,12 +112,20 @@ PRESETS: dict[str, Preset] = {
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280, vehicles=True)),
             cluster_iou=0.5,
         ),
+        permissive_face=_PERMISSIVE_FACE,
     ),
     "thorough": Preset(
         name="thorough",
         face=Plan(
-            (Pass(_CF, 0.05, 0.3), Pass(_CF, 0.05, 0.3, scale=2.0), Pass(_YN, 0.25, 0.3), Pass(_YN, 0.25, 0.3, scale=2.0)),
-            agree=0.25,
+            (
+                Pass(_YF, 0.1, 0.1, size=640),
+                Pass(_YF, 0.1, 0.1, size=640, tiles=True, tile_scale=1.0),
+                Pass(_CF, 0.05, 0.5),
+                Pass(_CF, 0.05, 0.5, scale=2.0),
+                Pass(_YN, 0.25, 0.5),
+                Pass(_YN, 0.25, 0.5, scale=2.0),
+            ),
+            agree=0.5,
             upscale_budget=4.0e6,
         ),
         person=Plan(
@@ -124,6 +144,11 @@ PRESETS: dict[str, Preset] = {
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280), Pass(_PLATE, 0.05, 0.05, size=1280, tiles=True)),
             cluster_iou=0.5,
             tile_above=4.0,
+        ),
+        permissive_face=Plan(
+            (Pass(_CF, 0.05, 0.3), Pass(_CF, 0.05, 0.3, scale=2.0), Pass(_YN, 0.25, 0.3), Pass(_YN, 0.25, 0.3, scale=2.0)),
+            agree=0.25,
+            upscale_budget=4.0e6,
         ),
     ),
 }

@@ -69,17 +69,13 @@ class Yolo:
             for k in keep
         ]
 
-    def tiled(self, rgb: np.ndarray, size: int, threshold: float, grid: int = 2, overlap: float = 0.2) -> list[Detection]:
-        """Run on ``grid x grid`` overlapping tiles so small objects in large photos get pixels."""
-        H, W = rgb.shape[:2]
-        tw, th = int(W / (grid - (grid - 1) * overlap)), int(H / (grid - (grid - 1) * overlap))
-        tiles = []
-        for gy in range(grid):
-            for gx in range(grid):
-                x0 = min(W - tw, int(gx * tw * (1 - overlap)))
-                y0 = min(H - th, int(gy * th * (1 - overlap)))
-                tiles.append(((x0, y0, x0 + tw, y0 + th), size / max(tw, th)))
-        return self.regions(rgb, tiles, threshold)
+    def tiled(
+        self, rgb: np.ndarray, size: int, threshold: float, grid: int = 2, overlap: float = 0.2, min_scale: float = 0.0
+    ) -> list[Detection]:
+        """Run on overlapping tiles so small objects in large photos get pixels: a fixed
+        ``grid x grid``, or with ``min_scale`` as many tiles as it takes for each to be
+        shrunk by at most that factor (none where the whole photo already is)."""
+        return self.regions(rgb, tile_regions(rgb.shape[1], rgb.shape[0], size, grid, overlap, min_scale), threshold)
 
     def regions(self, rgb: np.ndarray, regions: list[tuple[tuple[int, int, int, int], float]], threshold: float) -> list[Detection]:
         """Run on crops of ``rgb``: ``regions`` holds ``((x0, y0, x1, y1), scale)``, the crop
@@ -93,6 +89,24 @@ class Yolo:
             n = max(32, round(max(x1 - x0, y1 - y0) * scale))
             out += [d.scaled(1, 1, x0, y0).clipped(W, H) for d in self.run(crop, n, threshold)]
         return out
+
+
+def tile_regions(
+    width: int, height: int, size: int, grid: int = 2, overlap: float = 0.2, min_scale: float = 0.0
+) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Tiles as ``((x0, y0, x1, y1), scale)`` for :meth:`Yolo.regions` (see :meth:`Yolo.tiled`)."""
+    if min_scale > 0:
+        side = size / min_scale  # the largest tile the model sees at >= min_scale
+        nx, ny = (max(1, math.ceil((n / side - overlap) / (1 - overlap))) for n in (width, height))
+        if nx == ny == 1:
+            return []
+        tw, th = min(width, int(side)), min(height, int(side))
+    else:
+        nx = ny = grid
+        tw, th = int(width / (grid - (grid - 1) * overlap)), int(height / (grid - (grid - 1) * overlap))
+    xs = [round(i * (width - tw) / (nx - 1)) if nx > 1 else 0 for i in range(nx)]
+    ys = [round(j * (height - th) / (ny - 1)) if ny > 1 else 0 for j in range(ny)]
+    return [((x0, y0, x0 + tw, y0 + th), size / max(tw, th)) for y0 in ys for x0 in xs]
 
 
 def merge_regions(

