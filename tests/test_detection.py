@@ -50,10 +50,13 @@ def test_small_face_in_a_large_photo_is_found_on_tiles(engine, photos, monkeypat
     canvas = np.full((4000, 6000, 3), 90, dtype=np.uint8)
     canvas[2500:2590, 4100:4177] = small
     regions: list[int] = []
-    run = Yolo.regions
-    monkeypatch.setattr(Yolo, "regions", lambda self, rgb, rs, thr: regions.append(len(rs)) or run(self, rgb, rs, thr))
+    whole: list[int] = []  # input sizes of whole-photo passes
+    run_regions, run = Yolo.regions, Yolo.run
+    monkeypatch.setattr(Yolo, "regions", lambda self, rgb, rs, thr: regions.append(len(rs)) or run_regions(self, rgb, rs, thr))
+    monkeypatch.setattr(Yolo, "run", lambda self, rgb, size, thr: (rgb.shape == canvas.shape and whole.append(size)) or run(self, rgb, size, thr))
     faces = by_target(engine.detect(canvas, ("face",)), "face")
-    assert regions == [24]  # 6 x 4 tiles of 1280 px
+    assert regions == [24]  # 6 x 4 tiles of at most 1280 px
+    assert whole == [416]  # the tiles see the small faces; the whole photo only the largest
     assert any(4100 <= (f.box[0] + f.box[2]) / 2 <= 4177 and 2500 <= (f.box[1] + f.box[3]) / 2 <= 2590 for f in faces)
     regions.clear()
     engine.detect(rgb_of(photos["zidane"]), ("face",))  # 1280 px: the whole photo is shrunk only 2x
@@ -65,7 +68,7 @@ def test_tile_grid_grows_with_the_photo():
 
     assert tile_regions(1280, 720, 640, min_scale=0.5) == []
     tiles = tile_regions(1920, 1080, 640, min_scale=0.5)
-    assert [t[0] for t in tiles] == [(0, 0, 1280, 1080), (640, 0, 1920, 1080)] and {t[1] for t in tiles} == {0.5}
+    assert [t[0] for t in tiles] == [(0, 0, 1067, 1080), (853, 0, 1920, 1080)] and {t[1] for t in tiles} == {0.5}
     tiles = tile_regions(6000, 4000, 640, min_scale=0.5)
     assert len(tiles) == 24 and tiles[-1][0][2:] == (6000, 4000)
     assert len(tile_regions(1000, 800, 640)) == 4  # the fixed 2x2 grid

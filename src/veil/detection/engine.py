@@ -28,7 +28,7 @@ from veil.detection.nanodet import VEHICLE_CLASSES, NanoDet, NanoDetOutputs
 from veil.detection.presets import Pass, Plan, Preset, get_preset
 from veil.detection.text import TextDetector, plate_like
 from veil.detection.types import TARGETS, Detection
-from veil.detection.yolo import Yolo, merge_regions
+from veil.detection.yolo import Yolo, merge_regions, tile_regions
 from veil.errors import OptionsError
 from veil.inference.memory import release_freed_memory
 from veil.models.registry import get_spec
@@ -157,9 +157,9 @@ class Engine:
 
     def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan, cache: dict[int, NanoDetOutputs]) -> list[Detection]:
         model = self._model(p.model)
+        h, w = rgb.shape[:2]
         if isinstance(model, (CenterFace, YuNet)):
             scale = p.scale
-            h, w = rgb.shape[:2]
             if p.max_pixels:
                 scale = min(scale, math.sqrt(p.max_pixels / (h * w)))
             if p.scale > 1.0:
@@ -172,7 +172,12 @@ class Engine:
         if isinstance(model, Yolo):
             if p.vehicles:
                 return model.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache), p.floor)
-            return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale) if p.tiles else model.run(rgb, p.size, p.floor)
+            if p.tiles:
+                return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale)
+            size = p.size
+            if p.size_if_tiled and any(t.tiles and t.tile_scale and tile_regions(w, h, t.size, min_scale=t.tile_scale) for t in plan.passes):
+                size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
+            return model.run(rgb, size, p.floor)
         if isinstance(model, NanoDet):
             return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover

@@ -36,6 +36,9 @@ class Pass:
     #: tiles: instead of 2x2, as many tiles as it takes for each to be shrunk by at most
     #: this factor into the model's input (none where the whole photo already is)
     tile_scale: float = 0.0
+    #: whole-photo YOLO passes: the input size on photos the plan also tiles (``tile_scale``
+    #: tiles): the tiles see the small faces, so this pass only needs the largest ones
+    size_if_tiled: int = 0
     #: face models: shrink the photo to at most this many pixels first (0 = never); the
     #: fast preset's way to keep large photos cheap
     max_pixels: float = 0.0
@@ -101,8 +104,14 @@ PRESETS: dict[str, Preset] = {
     "balanced": Preset(
         name="balanced",
         # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
-        # by more than 2x (a 16 px face stays >= 8 px in the model's input)
-        face=Plan((Pass(_YF, 0.125, 0.125, size=640), Pass(_YF, 0.125, 0.125, size=640, tiles=True, tile_scale=0.5))),
+        # by more than 2x (a 16 px face stays >= 8 px in the model's input); on tiled photos
+        # the whole-photo pass, there only for faces too large for a tile, runs at 416
+        face=Plan(
+            (
+                Pass(_YF, 0.125, 0.125, size=640, size_if_tiled=416),
+                Pass(_YF, 0.125, 0.125, size=640, tiles=True, tile_scale=0.5),
+            )
+        ),
         person=Plan(
             (Pass(_POSE, 0.15, 0.3, size=640), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
             agree=0.6,

@@ -100,13 +100,14 @@ def tile_regions(
         nx, ny = (max(1, math.ceil((n / side - overlap) / (1 - overlap))) for n in (width, height))
         if nx == ny == 1:
             return []
-        tw, th = min(width, int(side)), min(height, int(side))
     else:
         nx = ny = grid
-        tw, th = int(width / (grid - (grid - 1) * overlap)), int(height / (grid - (grid - 1) * overlap))
+    # the smallest tiles that cover the photo with ``overlap`` between neighbours
+    tw, th = (min(n, math.ceil(n / (k - (k - 1) * overlap))) for n, k in ((width, nx), (height, ny)))
+    scale = min_scale if min_scale > 0 else size / max(tw, th)
     xs = [round(i * (width - tw) / (nx - 1)) if nx > 1 else 0 for i in range(nx)]
     ys = [round(j * (height - th) / (ny - 1)) if ny > 1 else 0 for j in range(ny)]
-    return [((x0, y0, x0 + tw, y0 + th), size / max(tw, th)) for y0 in ys for x0 in xs]
+    return [((x0, y0, x0 + tw, y0 + th), scale) for y0 in ys for x0 in xs]
 
 
 def merge_regions(
