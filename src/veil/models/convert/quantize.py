@@ -10,8 +10,11 @@ result is the same on every machine with the same onnxruntime.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -20,6 +23,18 @@ from veil.models.convert.yolo_pt import convert as convert_fp32
 
 #: input sizes (long side) the calibration photos are letterboxed to
 CALIBRATION_SIZES = (1.0, 0.75)
+
+
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """The quantizer logs advice (pre-processing, links) as warnings on the root logger:
+    not for a user watching a first-use fetch."""
+    before = logging.root.manager.disable
+    logging.disable(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
@@ -45,7 +60,7 @@ def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
         def get_next(self) -> dict | None:
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(prefix="veil-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="veil-int8-") as tmp, _quiet_logging():
         fp32 = Path(tmp) / "fp32.onnx"
         info = convert_fp32(src, fp32)
         quantize_static(
