@@ -8,13 +8,8 @@ nothing twice.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +17,6 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("VEIL_HOME", str(Path(__file__).resolve().parents[1] / ".veil-home"))
-
-ULTRALYTICS = ("ultralytics", "8.3.0")
-ASSETS = {
-    "bus.jpg": "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
-    "zidane.jpg": "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
-}
 
 
 def _asset_dir() -> Path:
@@ -37,21 +26,15 @@ def _asset_dir() -> Path:
 
 
 def _fetch_assets() -> Path:
+    """``bus.jpg`` and ``zidane.jpg``: the pinned photos the face model calibrates on."""
+    from veil.models import get_spec
+    from veil.models.store import fetch_files
+
     d = _asset_dir()
-    if all((d / n).exists() for n in ASSETS):
-        return d
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, f"{ULTRALYTICS[0]}=={ULTRALYTICS[1]}"],
-            check=True,
-            capture_output=True,
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            for name, sha in ASSETS.items():
-                data = z.read(f"ultralytics/assets/{name}")
-                assert hashlib.sha256(data).hexdigest() == sha, name
-                (d / name).write_bytes(data)
+    cal = get_spec("face-yolo11m").calibration
+    assert cal is not None
+    if not all((d / Path(f.member).name).exists() for f in cal.files):
+        fetch_files(cal, d, "test photos")
     return d
 
 

