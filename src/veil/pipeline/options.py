@@ -20,6 +20,9 @@ PRESETS = ("fast", "balanced", "thorough")
 STYLES = ("blur", "pixelate", "fill")
 SHAPES = ("box", "ellipse", "mask")
 FORMATS = ("jpeg", "png", "webp", "tiff", "bmp", "heif")
+#: Video encoders veil writes (H.264 is the default: every player and browser reads it).
+VIDEO_CODECS = ("h264", "hevc")
+AUDIO_MODES = ("keep", "drop")
 #: Metadata fields that may be kept on request: none of them identifies a person or place.
 SAFE_METADATA = ("icc", "orientation", "dpi", "copyright", "artist", "datetime")
 _COLOR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -70,6 +73,14 @@ class Options:
     #: JPEG/WEBP quality; ``None`` estimates the input's (default 92).
     quality: int | None = None
     keep_metadata: tuple[str, ...] = ()
+    #: Video only: encoder of the output; ``None`` = H.264.
+    video_codec: str | None = None
+    #: Video only: constant rate factor (0-51, lower is better); ``None`` = close to the input's.
+    video_quality: int | None = None
+    #: Video only: ``keep`` copies the audio packet for packet, ``drop`` removes it.
+    audio: str = "keep"
+    #: Video only: frames a track is hidden before its first and after its last detection.
+    track_extend: int = 5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +119,14 @@ class Options:
             self.keep_metadata = tuple(k.strip() for k in self.keep_metadata.split(",") if k.strip())
         for k in self.keep_metadata:
             _choice("keep_metadata", k, SAFE_METADATA)
+        if self.video_codec is not None:
+            _choice("video_codec", self.video_codec, VIDEO_CODECS)
+        if self.video_quality is not None and (isinstance(self.video_quality, bool) or not isinstance(self.video_quality, int)
+                                               or not 0 <= self.video_quality <= 51):  # fmt: skip
+            raise OptionsError("video_quality must be an integer from 0 to 51 (CRF)", field="video_quality")
+        _choice("audio", self.audio, AUDIO_MODES)
+        if isinstance(self.track_extend, bool) or not isinstance(self.track_extend, int) or not 0 <= self.track_extend <= 50:
+            raise OptionsError("track_extend must be an integer from 0 to 50 (frames)", field="track_extend")
         per: dict[str, TargetStyle] = {}
         for target, ts in dict(self.per_target).items():
             if target not in TARGETS + ("head",):
