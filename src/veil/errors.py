@@ -31,3 +31,10 @@ class ImageError(VeilError):
     """An input file is not a supported, sane image (corrupt, too large, a bomb...)."""
 
     exit_code = 4
+
+
+class VideoError(VeilError):
+    """An input video cannot be anonymized (truncated, corrupt, no video frames, an
+    encoder that is not available...); the message names the reason."""
+
+    exit_code = 4

@@ -7,7 +7,7 @@ on disk without ever leaving a half-written file.
 
 from veil.imageio.limits import DEFAULT_LIMITS, Limits
 from veil.imageio.read import SUPPORTED, LoadedImage, load_image, sniff_format
-from veil.imageio.write import CONTENT_TYPES, EXTENSIONS, atomic_write, encode_image, output_format
+from veil.imageio.write import CONTENT_TYPES, EXTENSIONS, atomic_file, atomic_write, encode_image, output_format
 
 __all__ = [
     "CONTENT_TYPES",
@@ -16,6 +16,7 @@ __all__ = [
     "SUPPORTED",
     "Limits",
     "LoadedImage",
+    "atomic_file",
     "atomic_write",
     "encode_image",
     "load_image",

@@ -8,11 +8,12 @@ user asked to keep are written. Pixels are upright, so orientation is reset to 1
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -118,16 +119,24 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    with atomic_file(path) as fh:
+        fh.write(data)
 
-    A temp file in the same directory is fsynced and then ``os.replace``-d; on any
-    failure the temp file is removed and the destination is untouched.
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """A file object whose content becomes ``path`` only when the block ends without error.
+
+    A temp file in the same directory (``.NAME.*.veil-tmp``) is fsynced and then
+    ``os.replace``-d; on any failure the temp file is removed and the destination is
+    untouched, so streamed outputs (videos) are never seen half-written either.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".veil-tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
