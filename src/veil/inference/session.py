@@ -13,6 +13,9 @@ import onnxruntime as ort
 
 from veil.models.store import default_store
 
+if hasattr(ort, "disable_telemetry_events"):  # no telemetry events (see veil/__init__.py)
+    ort.disable_telemetry_events()
+
 _SESSIONS: dict[str, ort.InferenceSession] = {}
 _LOCK = threading.Lock()
 _PREFERRED = ("CUDAExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider")
