@@ -89,7 +89,7 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _wanted(dets: Sequence[Detection], options: Options) -> list[Detection]:
+def wanted_detections(dets: Sequence[Detection], options: Options) -> list[Detection]:
     """The engine's detections the options ask to hide (heads go with faces)."""
     keep_heads = options.hide_heads and "face" in options.targets
     return [d for d in dets if d.target in options.targets or (d.target == "head" and keep_heads)]
@@ -156,7 +156,7 @@ def anonymize(
             from veil.detection.engine import get_engine
 
             engine = get_engine(options.preset)
-        dets = _wanted(engine.detect(image.rgb, targets=options.targets), options)
+        dets = wanted_detections(engine.detect(image.rgb, targets=options.targets), options)
         report.models = _model_names(engine, options.targets)
         stage = "detect"
     else:

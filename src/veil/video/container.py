@@ -1,0 +1,276 @@
+"""Streaming video I/O on PyAV: frames in, frames out, audio copied packet for packet.
+
+Nothing here holds more than a few frames: :func:`open_input` probes a file,
+:func:`iter_frames` decodes it frame by frame (turned upright), and :class:`VideoWriter`
+encodes masked frames with the input's own timestamps while audio packets are muxed
+unchanged. Subtitle, data and attachment streams, chapters and container metadata are
+never copied; only the safe fields the options name are written back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, BinaryIO, Iterator
+
+import av
+import av.error
+import numpy as np
+
+from veil.errors import VideoError
+from veil.video.sniff import SNIFF_BYTES, sniff_container
+
+#: Output container per input family: the input's own where it can hold H.264, else MP4.
+_OUTPUT = {"mp4": "mp4", "mov": "mov", "matroska": "matroska", "mpegts": "mpegts", "avi": "mp4", "flv": "mp4", "webm": "mp4"}
+EXTENSIONS = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv", "mpegts": ".ts"}
+CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "matroska": "video/x-matroska", "mpegts": "video/mp2t"}
+_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
+#: Audio codecs each output container takes as they are; others are re-encoded to AAC.
+_AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac"},
+    "mov": {"aac", "mp3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "ac3", "eac3"},
+    "matroska": {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3", "pcm_s16le", "alac", "dts"},
+    "mpegts": {"aac", "mp3", "ac3", "eac3", "opus"},
+}
+#: Safe ``--keep-metadata`` fields and the container tags they keep.
+_KEEPABLE_TAGS = {"copyright": ("copyright",), "artist": ("artist", "author"), "datetime": ("creation_time", "date")}
+
+
+@dataclass
+class VideoInfo:
+    """What the report and the writer need to know about an input video."""
+
+    container: str  #: sniffed family: mp4, mov, matroska, webm, avi, mpegts, flv
+    width: int  #: upright width (after the display rotation)
+    height: int
+    #: counter-clockwise degrees applied to turn the frames upright (0, 90, 180, 270): the
+    #: display matrix of the first frame (see :meth:`set_rotation`)
+    rotation: int
+    frames: int  #: declared frame count (0 when the container does not say)
+    fps: float  #: average frame rate
+    duration_s: float
+    codec: str
+    bit_rate: int
+    audio: list[str] = field(default_factory=list)  #: codec of each audio stream
+    dropped_streams: list[str] = field(default_factory=list)  #: subtitle/data/attachment streams
+    metadata: list[str] = field(default_factory=list)  #: container/stream tags found (names only)
+
+    def set_rotation(self, degrees: float | None) -> None:
+        """Record the display rotation (read off the first decoded frame); swaps the size."""
+        rot = int(round((degrees or 0) / 90.0)) % 4 * 90
+        if rot in (90, 270) and self.rotation in (0, 180):
+            self.width, self.height = self.height, self.width
+        self.rotation = rot
+
+    @property
+    def output_container(self) -> str:
+        return _OUTPUT.get(self.container, "mp4")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container": self.container, "width": self.width, "height": self.height, "rotation": self.rotation,
+            "frames": self.frames, "fps": round(self.fps, 3), "duration_s": round(self.duration_s, 3),
+            "codec": self.codec, "audio": list(self.audio), "dropped_streams": list(self.dropped_streams),
+        }  # fmt: skip
+
+
+def _head(src: str | BinaryIO) -> bytes:
+    if isinstance(src, str):
+        with open(src, "rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    pos = src.tell()
+    head = src.read(SNIFF_BYTES)
+    src.seek(pos)
+    return head
+
+
+def open_input(src: str | BinaryIO) -> tuple[av.container.InputContainer, VideoInfo]:
+    """Open and probe ``src`` (a path or a seekable binary file); :class:`VideoError` if unusable."""
+    family = sniff_container(_head(src))
+    if family is None:
+        raise VideoError("not a video file veil reads (MP4, MOV, MKV, WEBM, AVI, MPEG-TS or FLV)")
+    try:
+        container = av.open(src, "r", metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoError(f"corrupt, truncated or unreadable video ({_why(exc)})") from None
+    try:
+        info = _probe(container, family)
+    except BaseException:
+        container.close()
+        raise
+    return container, info
+
+
+def _why(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(": '")[0] if text else type(exc).__name__
+
+
+def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
+    if family == "matroska" and "webm" in (container.format.name or "") and _is_webm(container):
+        family = "webm"
+    videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not videos:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+        raise VideoError(f"no video stream in this file (it holds {kinds})")
+    v = videos[0]
+    cc = v.codec_context
+    if not cc.width or not cc.height:
+        raise VideoError("the video stream has no picture size (corrupt header)")
+    rate = v.average_rate or v.guessed_rate or v.base_rate or Fraction(25)
+    duration = float(v.duration * v.time_base) if v.duration and v.time_base else (container.duration or 0) / 1e6
+    frames = int(v.frames or 0)
+    if not frames and duration:
+        frames = int(round(duration * float(rate)))
+    tags = [f"container:{k}" for k in container.metadata] + [f"stream:{k}" for s in container.streams for k in s.metadata]
+    return VideoInfo(
+        container=family, width=cc.width, height=cc.height, rotation=0, frames=frames, fps=float(rate),
+        duration_s=duration, codec=cc.name, bit_rate=int(cc.bit_rate or container.bit_rate or 0),
+        audio=[a.codec_context.name for a in container.streams.audio],
+        dropped_streams=[s.type for s in container.streams if s.type not in ("video", "audio")]
+        + [f"video (extra #{s.index})" for s in videos[1:]],
+        metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []),
+    )  # fmt: skip
+
+
+def _is_webm(container: av.container.InputContainer) -> bool:
+    return all(s.codec_context.name in ("vp8", "vp9", "av1", "opus", "vorbis") for s in container.streams if s.type in ("video", "audio"))
+
+
+def _chapters(container: av.container.InputContainer) -> bool:
+    try:
+        return bool(container.chapters())
+    except Exception:  # older containers without chapter support
+        return False
+
+
+def upright(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+    """An ``H x W x 3`` RGB array of ``frame``, turned upright (as photos are: the pixels
+    are rotated and the output carries no rotation tag)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+
+def iter_frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+    """Every frame of the first video stream, in presentation order; corrupt data is a VideoError."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"corrupt video data ({_why(exc)})") from None
+
+
+def default_crf(info: VideoInfo) -> int:
+    """A CRF close to the input's quality, from its bits per pixel and frame.
+
+    H.264 at CRF 23 lands near 0.1 bit per pixel for ordinary footage and each halving
+    of the bitrate is worth about 6 CRF steps, so the input's bits per pixel maps to a
+    CRF; clamped to 16 (no point in more) .. 30 (visibly soft).
+    """
+    if not info.bit_rate or not info.fps:
+        return 23
+    bpp = info.bit_rate / (info.width * info.height * info.fps)
+    return int(min(30, max(16, round(23 - 6 * math.log2(max(bpp, 1e-4) / 0.1)))))
+
+
+class VideoWriter:
+    """Encodes upright RGB frames with given timestamps and copies audio packets."""
+
+    def __init__(self, dst: str | BinaryIO, source: av.container.InputContainer, info: VideoInfo, *,
+                 codec: str | None, crf: int | None, audio: str, keep: tuple[str, ...]):  # fmt: skip
+        self.info = info
+        self.format = info.output_container
+        self.notes: list[str] = []
+        name = _ENCODERS[codec or "h264"]
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:
+            raise VideoError(f"the {codec or 'h264'} encoder is not available in this PyAV build") from None
+        self.out = av.open(dst, "w", format=self.format)
+        src_v = source.streams.video[0]
+        self.time_base = src_v.time_base or Fraction(1, 90000)
+        v = self.out.add_stream(name, rate=Fraction(info.fps).limit_denominator(100000) if info.fps else 25)
+        v.width, v.height = info.width, info.height
+        odd = info.width % 2 or info.height % 2
+        v.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes; keep the pixel size
+        if odd:
+            self.notes.append("odd picture size: written as 4:4:4 (some players need even sizes)")
+        v.time_base = self.time_base
+        v.codec_context.time_base = self.time_base
+        v.options = {"crf": str(default_crf(info) if crf is None else crf), "preset": "veryfast"}
+        if name == "libx265":
+            v.options["x265-params"] = "log-level=error"
+        self.video = v
+        self.audio_map: dict[int, Any] = {}
+        self.audio_encoders: dict[int, Any] = {}
+        if audio == "keep":
+            for a in source.streams.audio:
+                if a.codec_context.name in _AUDIO_COPY.get(self.format, set()):
+                    self.audio_map[a.index] = self.out.add_stream_from_template(a)
+                else:
+                    self.audio_encoders[a.index] = self.out.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
+                    self.notes.append(f"audio {a.codec_context.name} re-encoded to AAC ({self.format} cannot hold it)")
+            for s in self.audio_map.values():
+                s.metadata.clear() if hasattr(s.metadata, "clear") else None
+        for tag in _keep_tags(source, keep):
+            self.out.metadata[tag[0]] = tag[1]
+        self._last_pts: int | None = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray, pts: int | None) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if pts is None:
+            pts = self.frames if self._last_pts is None else self._last_pts + 1
+        if self._last_pts is not None and pts <= self._last_pts:
+            pts = self._last_pts + 1  # the encoder needs strictly increasing timestamps
+        frame.pts, frame.time_base = pts, self.time_base
+        self._last_pts = pts
+        self._mux(self.video.encode(frame))
+        self.frames += 1
+
+    def copy_audio(self, packet: av.Packet) -> None:
+        """Mux an input audio packet unchanged (or re-encode it where the container needs)."""
+        idx = packet.stream.index
+        if idx in self.audio_map:
+            if packet.dts is None and packet.size == 0:
+                return  # demuxer's end-of-stream marker
+            packet.stream = self.audio_map[idx]
+            self.out.mux(packet)
+        elif idx in self.audio_encoders:
+            enc = self.audio_encoders[idx]
+            for fr in packet.decode():
+                fr.pts = None
+                self._mux(enc.encode(fr))
+
+    def _mux(self, packets) -> None:
+        for p in packets:
+            self.out.mux(p)
+
+    def close(self) -> None:
+        self._mux(self.video.encode(None))
+        for enc in self.audio_encoders.values():
+            self._mux(enc.encode(None))
+        self.out.close()
+
+    def abort(self) -> None:
+        try:
+            self.out.close()
+        except Exception:  # the output is discarded anyway
+            pass
+
+
+def _keep_tags(source: av.container.InputContainer, keep: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for field_name in keep:
+        for tag in _KEEPABLE_TAGS.get(field_name, ()):
+            value = source.metadata.get(tag)
+            if value:
+                out.append((tag, str(value)[:256]))
+                break
+    return out
+
+
+def audio_streams(container: av.container.InputContainer) -> list[Any]:
+    return list(container.streams.audio)

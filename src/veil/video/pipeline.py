@@ -1,0 +1,216 @@
+"""Anonymize a video: detect in every frame, link into tracks, then mask and encode.
+
+Two passes over the input, each streaming frame by frame: the first decodes and detects
+(only boxes are kept, a few bytes a frame), the tracks are then planned over the whole
+video, and the second decodes again, masks every frame with the photo masking
+(:func:`veil.masking.mask_detections`, the same options) and encodes it with its own
+timestamp while audio packets are copied as they are. Memory therefore does not grow
+with the video's length, and a track can be filled backwards as well as forwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from veil.detection.types import Detection
+from veil.errors import VeilError, VideoError
+from veil.imageio import atomic_file
+from veil.masking import mask_detections
+from veil.pipeline.core import wanted_detections
+from veil.pipeline.options import Options
+from veil.video.container import CONTENT_TYPES, EXTENSIONS, VideoInfo, VideoWriter, iter_frames, open_input, upright
+from veil.video.cuts import CutDetector
+from veil.video.tracks import TrackPlan, plan
+
+Progress = Callable[[str, int, int], None]
+#: ``fast`` detects on every 2nd frame and lets the tracks cover the frames between.
+DETECT_EVERY = {"fast": 2}
+
+
+class Cancelled(VeilError):
+    """The caller asked the video job to stop (``should_stop`` returned True)."""
+
+
+@dataclass
+class VideoReport:
+    """What happened to one video. Never holds pixels or metadata values."""
+
+    info: VideoInfo
+    preset: str
+    frames: int = 0
+    detected_frames: int = 0
+    shots: int = 1
+    detections: dict[str, int] = field(default_factory=dict)
+    tracks: dict[str, int] = field(default_factory=dict)
+    frames_filled: int = 0
+    lost: list[dict] = field(default_factory=list)
+    hidden: dict[str, int] = field(default_factory=dict)
+    audio: str = "none"
+    metadata_removed: list[str] = field(default_factory=list)
+    metadata_kept: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def container_out(self) -> str:
+        return self.info.output_container
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.container_out]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.container_out]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "video", "input": self.info.to_json(), "format_out": self.container_out, "preset": self.preset,
+            "frames": self.frames, "detected_frames": self.detected_frames, "shots": self.shots,
+            "detections": dict(self.detections), "tracks": dict(self.tracks), "frames_filled": self.frames_filled,
+            "lost": list(self.lost), "hidden": dict(self.hidden), "audio": self.audio,
+            "metadata_removed": list(self.metadata_removed), "metadata_kept": list(self.metadata_kept),
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()}, "notes": list(self.notes),
+            "models": list(self.models),
+        }  # fmt: skip
+
+
+def _rewind(src: str | BinaryIO) -> str | BinaryIO:
+    if not isinstance(src, str):
+        src.seek(0)
+    return src
+
+
+def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[VideoInfo, list[list[Detection] | None], list[int]]:  # fmt: skip
+    """Pass 1: the wanted detections of every frame (None where detection was skipped) and
+    the shot number of every frame."""
+    if engine is None:
+        from veil.detection.engine import get_engine
+
+        engine = get_engine(options.preset)
+    container, info = open_input(_rewind(src))
+    every = DETECT_EVERY.get(options.preset, 1)
+    cuts = CutDetector()
+    frames: list[list[Detection] | None] = []
+    shots: list[int] = []
+    shot = 0
+    try:
+        for i, frame in enumerate(iter_frames(container)):
+            if i == 0:
+                info.set_rotation(frame.rotation)
+            rgb = upright(frame, info.rotation)
+            if cuts.is_cut(rgb):
+                shot += 1
+            fresh = not shots or shots[-1] != shot
+            shots.append(shot)
+            if i % every == 0 or fresh:
+                frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
+            else:
+                frames.append(None)
+            if progress is not None:
+                progress("detect", i + 1, max(info.frames, i + 1))
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
+    finally:
+        container.close()
+    if not frames:
+        raise VideoError("the video has no frames that can be decoded")
+    if info.frames and len(frames) < info.frames * 0.9 - 1:
+        raise VideoError(f"truncated or corrupt video: {len(frames)} of {info.frames} frames could be decoded")
+    return info, frames, shots
+
+
+def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | None, options: Options, *,
+                    engine: Any = None, progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> VideoReport:  # fmt: skip
+    """Hide what ``options`` asks for in every frame of ``src``, writing ``dst``.
+
+    ``src`` and ``dst`` are paths or seekable binary files (``src`` is read twice). A
+    path ``dst`` is written atomically (never half-written); ``dst=None`` is a dry run
+    (detection and tracking only). Raises :class:`VideoError` for unusable input.
+    """
+    src = str(src) if isinstance(src, Path) else src
+    t0 = time.perf_counter()
+    info, frames, shots = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
+    t_detect = time.perf_counter()
+    tp = plan(frames, shots, info.fps, extend=options.track_extend)
+    rep = VideoReport(info=info, preset=options.preset, frames=len(frames), shots=shots[-1] + 1,
+                      detected_frames=sum(1 for f in frames if f is not None))  # fmt: skip
+    for dets in frames:
+        for d in dets or ():
+            rep.detections[d.target] = rep.detections.get(d.target, 0) + 1
+    rep.tracks, rep.frames_filled, rep.lost = tp.tracks, tp.filled_frames, tp.lost
+    rep.metadata_removed = list(info.metadata) + [f"{s} stream" for s in info.dropped_streams]
+    if info.rotation:
+        rep.notes.append(f"turned upright: frames rotated {info.rotation} degrees, rotation tag removed")
+    if options.preset in DETECT_EVERY:
+        rep.notes.append(f"{options.preset}: detection on every {DETECT_EVERY[options.preset]}nd frame, tracks between")
+    rep.timings_ms["detect"] = (t_detect - t0) * 1000
+    if dst is not None:
+        if isinstance(dst, (str, Path)):
+            with atomic_file(dst) as fh:
+                _encode(src, fh, options, tp, rep, progress, should_stop)
+        else:
+            _encode(src, dst, options, tp, rep, progress, should_stop)
+        rep.timings_ms["mask_encode"] = (time.perf_counter() - t_detect) * 1000
+    else:
+        for dets in tp.frames:
+            for d in dets:
+                rep.hidden[d.target] = rep.hidden.get(d.target, 0) + 1
+    return rep
+
+
+def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan, rep: VideoReport,
+            progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:  # fmt: skip
+    """Pass 2: decode again, mask each frame with its planned regions, encode, copy audio."""
+    container, info = open_input(_rewind(src))
+    info.set_rotation(rep.info.rotation)
+    writer = VideoWriter(dst, container, rep.info, codec=options.video_codec, crf=options.video_quality,
+                         audio=options.audio, keep=options.keep_metadata)  # fmt: skip
+    rep.notes += writer.notes
+    rep.audio = ("copied" if writer.audio_map else "re-encoded" if writer.audio_encoders else "none") if info.audio else "none"
+    if info.audio and options.audio == "drop":
+        rep.audio = "dropped"
+    rep.metadata_kept = [k for k in options.keep_metadata if k in ("copyright", "artist", "datetime")]
+    n = len(tp.frames)
+    i = 0
+    ok = False
+    try:
+        streams = [container.streams.video[0], *(container.streams.audio if options.audio == "keep" else ())]
+        container.streams.video[0].thread_type = "AUTO"
+        for packet in container.demux(*streams):
+            if packet.stream.type == "audio":
+                writer.copy_audio(packet)
+                continue
+            for frame in packet.decode():
+                if i >= n:
+                    raise VideoError("the video decoded differently the second time (more frames)")
+                rgb = upright(frame, rep.info.rotation)
+                h, w = rgb.shape[:2]
+                dets = [d.clipped(w, h) for d in tp.frames[i]]
+                out, masked = mask_detections(rgb, dets, options, stage="track") if dets else (rgb, [])
+                for m in masked:
+                    rep.hidden[m.target] = rep.hidden.get(m.target, 0) + 1
+                writer.write(out, frame.pts)
+                i += 1
+                if progress is not None:
+                    progress("encode", i, n)
+                if should_stop is not None and should_stop():
+                    raise Cancelled("cancelled")
+        if i != n:
+            raise VideoError(f"the video decoded differently the second time ({i} of {n} frames)")
+        writer.close()
+        ok = True
+    except VeilError:
+        raise
+    except Exception as exc:  # FFmpeg errors while encoding: name them, never half a file
+        raise VideoError(f"cannot encode the video ({type(exc).__name__}: {exc})") from None
+    finally:
+        if not ok:
+            writer.abort()
+        container.close()
