@@ -19,6 +19,7 @@ from veil.server.jobs import JobManager, Pipeline, Principal
 from veil.server.keys import KeyManager
 from veil.server.problems import Problem, install
 from veil.server.queue import JobQueue, ThreadPoolQueue
+from veil.server.spool import SpoolDir
 from veil.server.store import Store
 from veil.server.webhooks import WebhookSender, server_secret
 
@@ -84,7 +85,9 @@ def build_state(
         max_seconds=config.webhook_max_seconds,
     )
     pipe = Pipeline(config, pipeline)
-    jobs = JobManager(config, store, keys, audit, q, webhooks, pipe)
+    # video uploads and results; leftovers of an earlier process (unreadable) go now
+    spool = SpoolDir(config.data_dir / "spool")
+    jobs = JobManager(config, store, keys, audit, q, webhooks, pipe, spool=spool)
     webhooks.on_result = jobs.webhook_result
     return ServerState(config, store, keys, audit, q, webhooks, jobs, pipe)
 

@@ -60,6 +60,12 @@ class ServerLimits:
     #: Bytes of originals + results held in memory by all jobs; above it new jobs get
     #: 503 + Retry-After until downloads, deletes or expiry free room.
     max_held_bytes: int = 2 * 1024 * 1024 * 1024
+    #: One video upload (all videos of one request together) → 413. Videos are not
+    #: held in memory: they are streamed into encrypted spool files in the data dir.
+    max_video_bytes: int = 2048 * 1024 * 1024
+    #: Bytes of encrypted spool files (video uploads and results) on disk; above it new
+    #: video jobs get 503 + Retry-After until results are downloaded, deleted or expire.
+    max_spool_bytes: int = 16 * 1024 * 1024 * 1024
 
 
 @dataclass

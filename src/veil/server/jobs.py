@@ -1,9 +1,12 @@
-"""Jobs: metadata in SQLite, image bytes only in memory.
+"""Jobs: metadata in SQLite, image bytes only in memory, videos only encrypted on disk.
 
 An original lives in memory from upload until its image is processed, then it is
 dropped; results live in memory until downloaded (with ``delete_after_download``),
 deleted, or expired (TTL after the job ends), whichever comes first. Nothing of an
-upload — bytes, file names, metadata — is written to disk.
+upload — bytes, file names, metadata — is written to disk in the clear. A video is too
+large for memory: it arrives in an encrypted spool file (:mod:`veil.server.spool`), its
+result is written to another, and each is shredded as soon as it is no longer needed
+(the input once processed, the result when the photo's would be dropped).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Principal:
 class Upload:
     data: bytes
     filename: str | None = None
+    #: a video: its bytes are in this encrypted spool file (``data`` is empty)
+    spool: Any = None
 
 
 @dataclass
@@ -63,6 +68,20 @@ class _Slot:
     #: manual corrections; they expire and are deleted with it
     regions: list[dict[str, Any]] | None = None
     deleted: bool = False
+    #: a video: input and result are encrypted spool files, never bytes in memory
+    video: bool = False
+    spool_in: Any = None
+    spool_out: Any = None
+    #: ``{"stage", "frames_done", "frames_total"}`` while (and after) it is processed
+    progress: dict[str, Any] | None = None
+    video_report: dict[str, Any] | None = None
+
+    def shred(self) -> None:
+        """Shred the video's spool files, if any (idempotent)."""
+        for f in (self.spool_in, self.spool_out):
+            if f is not None:
+                f.shred()
+        self.spool_in = self.spool_out = None
 
 
 @dataclass
@@ -163,6 +182,7 @@ class JobManager:
         queue: JobQueue,
         webhooks: WebhookSender,
         pipeline: Pipeline,
+        spool: Any = None,
     ):
         self.config = config
         self.store = store
@@ -171,6 +191,8 @@ class JobManager:
         self.queue = queue
         self.webhooks = webhooks
         self.pipeline = pipeline
+        #: the :class:`~veil.server.spool.SpoolDir` of video uploads and results
+        self.spool = spool
         self._jobs: dict[str, _JobState] = {}
         self._lock = threading.Lock()
         self._held = 0  # bytes of originals + results in memory
@@ -195,8 +217,14 @@ class JobManager:
         if self._sweeper is not None:
             self._sweeper.join(5)
         with self._lock:
+            jobs = list(self._jobs.values())
             self._jobs.clear()
             self._held = 0
+        for st in jobs:
+            for s in st.slots:
+                s.shred()
+        if self.spool is not None:
+            self.spool.shred_all()
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.effective_sweep_interval):
@@ -230,6 +258,20 @@ class JobManager:
             self._held += delta
 
     # -- create ----------------------------------------------------------------------------
+    def _check_spool_room(self, uploads: Sequence[Upload]) -> None:
+        """503 when the videos' results would not fit the disk budget of spool files."""
+        incoming = sum(u.spool.size for u in uploads if u.spool is not None)
+        if not incoming or self.spool is None:
+            return
+        # the uploads are on disk already; their results will be about as large
+        if self.spool.bytes_on_disk + incoming > self.config.limits.max_spool_bytes:
+            raise Problem(
+                503,
+                "the server holds too many videos right now; retry later",
+                slug="server-busy",
+                headers={"Retry-After": "60"},
+            )
+
     def create(
         self,
         uploads: Sequence[Upload],
@@ -243,6 +285,7 @@ class JobManager:
         self._require_pipeline()
         n = len(uploads)
         incoming = sum(len(u.data) for u in uploads)
+        self._check_spool_room(uploads)
         # Results are about as large as originals: reserve room for both.
         if self.held_bytes + 2 * incoming > self.config.limits.max_held_bytes:
             raise Problem(
@@ -289,7 +332,12 @@ class JobManager:
             id=job_id,
             key=key,
             options=options,
-            slots=[_Slot(u.data, safe_stem(u.filename)) for u in uploads],
+            slots=[
+                _Slot(None, safe_stem(u.filename), video=True, spool_in=u.spool)
+                if u.spool is not None
+                else _Slot(u.data, safe_stem(u.filename))
+                for u in uploads
+            ],
             base_url=base_url.rstrip("/"),
             delete_after_download=delete_after_download,
             callback_url=callback_url,
@@ -331,6 +379,10 @@ class JobManager:
     def _process_image(self, state: _JobState, idx: int, slot: _Slot) -> bool:
         """Run one image; its original is unreachable once this returns. ``False``: job gone."""
         job_id = state.id
+        if slot.video:
+            from veil.server.videojobs import process_video
+
+            return process_video(self, state, idx, slot)
         with state.lock:
             data, slot.original = slot.original, None  # the worker now owns the only reference
         if data is None:  # deleted while queued
@@ -470,6 +522,11 @@ class JobManager:
                     url=f"{API}/jobs/{job_id}/images/{idx}",
                     regions=(state.slots[idx].regions if state is not None and idx < len(state.slots) else None) or [],
                 )
+            slot = state.slots[idx] if state is not None and idx < len(state.slots) else None
+            entry["kind"] = "video" if slot is not None and slot.video else "image"
+            if slot is not None and slot.video:
+                entry["progress"] = slot.progress
+                entry["video"] = slot.video_report
             out_images.append(entry)
         body: dict[str, Any] = {
             "id": job_id,
@@ -495,8 +552,8 @@ class JobManager:
         ext = EXTENSIONS.get(fmt or "", fmt or "bin")
         return f"{idx + 1:04d}_{stem}.{ext}" if stem else f"{idx + 1:04d}.{ext}"
 
-    def image(self, job_id: str, n: int, principal: Principal) -> tuple[bytes, str, str]:
-        """``(bytes, content_type, archive_name)`` of one finished image."""
+    def image(self, job_id: str, n: int, principal: Principal) -> tuple[Any, str, str]:
+        """``(bytes or spool file, content_type, archive_name)`` of one finished image or video."""
         self._row(job_id, principal)
         img = self.store.one("SELECT * FROM images WHERE job_id = ? AND idx = ?", (job_id, n))
         if img is None or img["status"] == "deleted":
@@ -508,9 +565,16 @@ class JobManager:
         with self._lock:
             state = self._jobs.get(job_id)
         slot = state.slots[n] if state else None
-        if slot is None or slot.result is None:
+        result = None if slot is None else (slot.spool_out if slot.video else slot.result)
+        if slot is None or result is None:
             raise Problem(404, f"job {job_id!r} has no image {n}", slug="not-found")
-        return slot.result, slot.content_type or "application/octet-stream", self._entry_name(n, slot.format, None)
+        return result, slot.content_type or "application/octet-stream", self._entry_name(n, slot.format, None)
+
+    def download(self, job_id: str, n: int, principal: Principal) -> tuple[Any, str, str, str | None]:
+        """:meth:`image` plus the result's SHA-256 (its ETag, for ``If-Range``)."""
+        data, ctype, name = self.image(job_id, n, principal)
+        row = self.store.one("SELECT sha256 FROM images WHERE job_id = ? AND idx = ?", (job_id, n))
+        return data, ctype, name, row["sha256"] if row else None
 
     def archive(self, job_id: str, principal: Principal, original_names: bool = False) -> Iterator[bytes]:
         """A ZIP of every finished image, streamed; entries ``0001.jpg``… (index + 1)."""
@@ -523,9 +587,9 @@ class JobManager:
             raise Problem(404, f"no job {job_id!r}", slug="not-found")
         with state.lock:
             entries = [
-                (self._entry_name(i, s.format, s.stem if original_names else None), s.result)
+                (self._entry_name(i, s.format, s.stem if original_names else None), s.spool_out if s.video else s.result)
                 for i, s in enumerate(state.slots)
-                if s.result is not None
+                if (s.spool_out if s.video else s.result) is not None
             ]
         if not entries:
             raise Problem(409, f"job {job_id!r} has no finished image", slug="no-images")
@@ -556,6 +620,7 @@ class JobManager:
                 freed = len(slot.original or b"") + len(slot.result or b"")
                 slot.original = slot.result = None
                 slot.deleted = True
+                slot.shred()
         self._adjust_held(-freed)
         self.store.execute(
             "UPDATE images SET status = 'deleted', detections = NULL, sha256 = NULL WHERE job_id = ? AND idx = ?",
@@ -588,6 +653,7 @@ class JobManager:
                 freed = state.held_bytes()
                 for s in state.slots:
                     s.original = s.result = None
+                    s.shred()
             self._adjust_held(-freed)
         self.store.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
@@ -636,6 +702,9 @@ class JobManager:
             self._sync_slots.release()
 
 
+_ZIP_PIECE = 1024 * 1024
+
+
 class _Sink:
     """A write-only, tell-able, non-seekable file for ``zipfile`` to stream into."""
 
@@ -660,13 +729,23 @@ class _Sink:
         return out
 
 
-def _zip_stream(entries: list[tuple[str, bytes]]) -> Iterator[bytes]:
+def _zip_stream(entries: list[tuple[str, Any]]) -> Iterator[bytes]:
+    """Entries are ``bytes`` or spool files (videos: copied piece by piece, never whole)."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
             info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
+            if isinstance(data, (bytes, bytearray)):
+                zf.writestr(info, data)
+            else:
+                info.file_size = data.size
+                with zf.open(info, "w", force_zip64=True) as entry:
+                    for at in range(0, data.size, _ZIP_PIECE):
+                        entry.write(data.pread(at, _ZIP_PIECE))
+                        chunk = sink.take()
+                        if chunk:
+                            yield chunk
             chunk = sink.take()
             if chunk:
                 yield chunk

@@ -15,7 +15,8 @@ from veil.pipeline.options import Options
 from veil.server.app import get_state, principal
 from veil.server.jobs import Principal, Upload
 from veil.server.problems import PROBLEM_JSON, Problem, field_error, options_problem
-from veil.server.uploads import Form, UploadLimits, check_image, read_multipart
+from veil.server.ranges import ranged_response
+from veil.server.uploads import Form, UploadLimits, check_image, read_multipart, shred_spools
 from veil.server.webhooks import WebhookURLError, check_callback_url
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -106,6 +107,8 @@ def reject_unknown_fields(form: Form, allowed: set[str]) -> None:
 
 def _check_all(parts: list, max_pixels: int) -> None:
     for i, p in enumerate(parts):
+        if p.spool is not None:  # a video: the video core checks it (a per-file failure)
+            continue
         check_image(p, i, max_pixels)
 
 
@@ -120,8 +123,19 @@ async def create_job(request: Request, who: Principal = Depends(principal)) -> J
     state = get_state(request)
     lim = state.config.limits
     form = await read_multipart(
-        request, UploadLimits(lim.max_request_bytes, lim.max_file_bytes, lim.max_images_per_job, file_field="files")
+        request,
+        UploadLimits(lim.max_request_bytes, lim.max_file_bytes, lim.max_images_per_job, file_field="files",
+                     max_video_bytes=lim.max_video_bytes, video_sink=state.jobs.spool.create),
     )
+    try:  # from here on, the videos' spool files are shredded unless a job takes them
+        return await _create_job(request, state, form, who)
+    except BaseException:
+        shred_spools(form)
+        raise
+
+
+async def _create_job(request: Request, state: Any, form: Form, who: Principal) -> JSONResponse:
+    lim = state.config.limits
     reject_unknown_fields(form, {"files", "options", "callback_url", "delete_after_download"})
     parts = form.files("files")
     if not parts:
@@ -141,7 +155,7 @@ async def create_job(request: Request, who: Principal = Depends(principal)) -> J
         except WebhookURLError as exc:
             raise Problem(422, str(exc), slug="invalid-callback-url", errors=[field_error("callback_url", str(exc))]) from None
     await run_in_threadpool(_check_all, parts, lim.max_pixels)
-    uploads = [Upload(p.data, p.filename) for p in parts]
+    uploads = [Upload(p.data, p.filename, spool=p.spool) for p in parts]
     del form, parts
     body = await run_in_threadpool(
         state.jobs.create,
@@ -169,11 +183,14 @@ async def get_image(
     who: Principal = Depends(principal),
 ) -> Response:
     jobs = get_state(request).jobs
-    data, ctype, name = await run_in_threadpool(jobs.image, job_id, n, who)
-    return Response(
+    data, ctype, name, sha = await run_in_threadpool(jobs.download, job_id, n, who)
+    return ranged_response(
         data,
         media_type=ctype,
         headers={"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "no-store"},
+        range_header=request.headers.get("range"),
+        if_range=request.headers.get("if-range"),
+        etag=f'"{sha}"' if sha else None,
         background=BackgroundTask(jobs.downloaded_image, job_id, n),
     )
 

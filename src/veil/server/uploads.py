@@ -1,9 +1,11 @@
 """Multipart uploads parsed in memory, with limits enforced while the body streams in.
 
 Starlette's ``request.form()`` spools file parts above 1 MB to temporary files on disk;
-veil promises that nothing of an upload touches disk, so the body is parsed here with
-``python_multipart``'s streaming parser into ``bytes`` only. Size limits stop the read
-early (413) instead of buffering an oversized body first.
+veil promises that nothing of an upload touches disk in the clear, so the body is parsed
+here with ``python_multipart``'s streaming parser into ``bytes`` only. Size limits stop
+the read early (413) instead of buffering an oversized body first. A file part whose
+first bytes are a video (when the caller passes ``video_sink``) is streamed as it
+arrives into an encrypted spool file instead (:mod:`veil.server.spool`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -40,6 +43,8 @@ class Part:
     filename: str | None
     content_type: str | None
     data: bytes
+    #: a video part: its bytes are in this encrypted spool file (``data`` is empty)
+    spool: Any = None
 
 
 @dataclass
@@ -71,6 +76,10 @@ class UploadLimits:
     max_field_bytes: int = 1024 * 1024
     max_fields: int = 32
     file_field: str = "files"
+    #: bytes of every video part together (spooled, not counted in ``max_request_bytes``)
+    max_video_bytes: int = 0
+    #: opens a new encrypted spool file for a video part; ``None``: videos are not spooled
+    video_sink: Callable[[], Any] | None = None
 
 
 async def read_multipart(request: Request, limits: UploadLimits) -> Form:
@@ -83,15 +92,18 @@ async def read_multipart(request: Request, limits: UploadLimits) -> Form:
     if not boundary:
         raise Problem(400, "multipart body without a boundary", slug="bad-multipart")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+    spooling = limits.video_sink is not None
+    ceiling = limits.max_request_bytes + (limits.max_video_bytes if spooling else 0)
+    if declared and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(limits)
 
     form = Form()
     state: dict = {"name": None, "filename": None, "ctype": None, "buf": None, "hname": b"", "hval": b"", "headers": {}}
-    counts = {"files": 0, "fields": 0}
+    counts = {"files": 0, "fields": 0, "spooled": 0}
 
     def on_part_begin() -> None:
-        state.update(name=None, filename=None, ctype=None, buf=bytearray(), headers={}, hname=b"", hval=b"")
+        state.update(name=None, filename=None, ctype=None, buf=bytearray(), headers={}, hname=b"", hval=b"",
+                     spool=None, sniffed=False)
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["hname"] += data[start:end]
@@ -127,9 +139,16 @@ async def read_multipart(request: Request, limits: UploadLimits) -> Form:
                 raise Problem(413, f"too many form fields (at most {limits.max_fields})", slug="too-many-fields")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["spool"] is not None:
+            _spool_data(data[start:end])
+            return
         buf: bytearray = state["buf"]
         buf += data[start:end]
         is_file = state["name"] == limits.file_field or state["filename"] is not None
+        if is_file and spooling and not state["sniffed"] and len(buf) >= _SNIFF_BYTES:
+            _sniff_video()
+            if state["spool"] is not None:
+                return
         cap = limits.max_file_bytes if is_file else limits.max_field_bytes
         if len(buf) > cap:
             what = "an image" if is_file else f"field {state['name']!r}"
@@ -140,8 +159,36 @@ async def read_multipart(request: Request, limits: UploadLimits) -> Form:
                 errors=[field_error(state["name"], f"larger than {_mb(cap)}")],
             )
 
+    def _sniff_video() -> None:
+        """Route the part to a spool file if it starts a video (decided once, on its first bytes)."""
+        state["sniffed"] = True
+        if not _is_video(bytes(state["buf"][:_SNIFF_BYTES])):
+            return
+        state["spool"] = limits.video_sink()  # type: ignore[misc]
+        head, state["buf"] = bytes(state["buf"]), bytearray()
+        _spool_data(head)
+
+    def _spool_data(chunk: bytes) -> None:
+        counts["spooled"] += len(chunk)
+        if counts["spooled"] > limits.max_video_bytes:
+            raise Problem(
+                413,
+                f"the video exceeds the limit of {_mb(limits.max_video_bytes)} (all videos of one request together)",
+                slug="video-too-large",
+                errors=[field_error(state["name"], f"larger than {_mb(limits.max_video_bytes)}")],
+            )
+        state["spool"].write(chunk)
+
     def on_part_end() -> None:
-        form.parts.append(Part(state["name"], state["filename"], state["ctype"], bytes(state["buf"])))
+        is_file = state["name"] == limits.file_field or state["filename"] is not None
+        if is_file and spooling and not state["sniffed"]:
+            _sniff_video()
+        if state["spool"] is not None:
+            state["spool"].flush()
+            form.parts.append(Part(state["name"], state["filename"], state["ctype"], b"", spool=state["spool"]))
+            state["spool"] = None
+        else:
+            form.parts.append(Part(state["name"], state["filename"], state["ctype"], bytes(state["buf"])))
         state["buf"] = None
 
     callbacks = {
@@ -158,15 +205,39 @@ async def read_multipart(request: Request, limits: UploadLimits) -> Form:
     try:
         async for chunk in request.stream():
             total += len(chunk)
-            if total > limits.max_request_bytes:
+            if total - counts["spooled"] > limits.max_request_bytes + len(chunk):
                 raise _too_large(limits)
             parser.write(chunk)
+            if total - counts["spooled"] > limits.max_request_bytes:
+                raise _too_large(limits)
         parser.finalize()
-    except FormParserError as exc:
-        raise Problem(400, f"malformed multipart body: {exc}", slug="bad-multipart") from None
-    except ClientDisconnect:
-        raise Problem(400, "the client disconnected during the upload", slug="bad-multipart") from None
+    except BaseException as exc:
+        shred_spools(form)  # a refused or broken upload leaves nothing on disk
+        if state.get("spool") is not None:
+            state["spool"].shred()
+        if isinstance(exc, FormParserError):
+            raise Problem(400, f"malformed multipart body: {exc}", slug="bad-multipart") from None
+        if isinstance(exc, ClientDisconnect):
+            raise Problem(400, "the client disconnected during the upload", slug="bad-multipart") from None
+        raise
     return form
+
+
+def shred_spools(form: Form) -> None:
+    """Shred the spool file of every video part of ``form`` (idempotent)."""
+    for p in form.parts:
+        if p.spool is not None:
+            p.spool.shred()
+
+
+#: Bytes of a file part looked at to tell a video (``veil.video.sniff.SNIFF_BYTES``).
+_SNIFF_BYTES = 4096
+
+
+def _is_video(head: bytes) -> bool:
+    from veil.video.sniff import is_video  # lazily: the video stack loads only when needed
+
+    return is_video(head)
 
 
 def _mb(n: int) -> str:
@@ -216,6 +287,13 @@ def check_image(part: Part, index: int | None, max_pixels: int, field: str = "fi
     """
     where = f"{field}[{index}]" if index is not None else field
     fmt = sniff_format(part.data)
+    if fmt is None and _is_video(part.data[:_SNIFF_BYTES]):
+        raise Problem(
+            415,
+            f"{where} is a video: send videos as jobs (POST /api/v1/jobs), this call takes one photo",
+            slug="unsupported-media-type",
+            errors=[field_error(where, "a video; use POST /api/v1/jobs")],
+        )
     if fmt is None:
         raise Problem(
             415,

@@ -1,0 +1,264 @@
+"""Videos through the API on a real server: encrypted spooling, progress, Range downloads,
+limits, bad input, and what a crash leaves on disk.
+
+The clips are made in the test (:mod:`video_clips`: real face photos moved across
+frames) and run through the real video core with the fast preset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server_support import FAST, Receiver, assert_problem, small_photo, start_server, wait_job
+from video_clips import PATTERN, face_clip, frame_count
+
+from veil.server.config import ServerConfig, ServerLimits
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_VIDEO = 1024 * 1024
+
+
+def _needles(data: bytes) -> list[bytes]:
+    """Byte strings of the plaintext that must never be found on disk: the clip's metadata
+    pattern and 48-byte slices of its compressed data."""
+    step = max(1, len(data) // 12)
+    return [PATTERN.encode()] + [data[i : i + 48] for i in range(step, len(data) - 48, step)]
+
+
+def _scan(data_dir: Path, needles: list[bytes]) -> list[str]:
+    """Files under ``data_dir`` holding any needle (the database included)."""
+    hits = []
+    for p in data_dir.rglob("*"):
+        if p.is_file():
+            try:
+                raw = p.read_bytes()
+            except FileNotFoundError:  # shredded while we looked
+                continue
+            hits += [f"{p.name}: {n[:12]!r}" for n in needles if n in raw]
+    return hits
+
+
+def _spool_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "spool").glob("*.spool"))
+
+
+@pytest.fixture(scope="module")
+def srv():
+    config = ServerConfig(
+        data_dir=Path(tempfile.mkdtemp(prefix="veil-video-test-")),
+        workers=1,
+        limits=ServerLimits(max_request_bytes=4 * 1024 * 1024, max_file_bytes=2 * 1024 * 1024,
+                            max_images_per_job=4, max_video_bytes=MAX_VIDEO),
+    )
+    s = start_server(config)
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(srv):
+    with srv.client() as c:
+        yield c
+
+
+def _post(client, files, **data):
+    return client.post("/api/v1/jobs", files=files, data={"options": json.dumps(FAST), **data})
+
+
+def test_video_job_spooled_encrypted_with_progress_ranges_and_webhook(srv, client):
+    clip = face_clip(2.0)
+    needles = _needles(clip)
+    hook = Receiver()
+    try:
+        r = _post(client, [("files", ("holiday.mp4", clip, "video/mp4")), ("files", ("p.jpg", small_photo(), "image/jpeg"))],
+                  callback_url=hook.url)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        seen, hits = [], []
+        while True:  # while the job runs: progress moves, and no plaintext is ever on disk
+            hits += _scan(srv.state.config.data_dir, needles)
+            body = client.get(f"/api/v1/jobs/{job_id}").json()
+            video = body["images"][0]
+            assert video["kind"] == "video" and body["images"][1]["kind"] == "image"
+            if video["progress"]:
+                seen.append(video["progress"])
+            if body["status"] in ("done", "failed"):
+                break
+            time.sleep(0.02)
+        assert not hits, hits
+        assert body["status"] == "done", body
+        assert video["status"] == "done", video
+        n = frame_count(clip)
+        assert seen and all(set(p) == {"stage", "frames_done", "frames_total"} for p in seen)
+        assert video["progress"] == {"stage": "done", "frames_done": n, "frames_total": n}
+        assert any(p["stage"] in ("detect", "encode") and p["frames_total"] == n for p in seen), seen
+        assert video["video"] and video["content_type"] == "video/mp4" and video["url"].endswith("/images/0")
+        assert video["detections"].get("face", 0) >= 1
+
+        full = client.get(video["url"])
+        assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
+        assert full.headers["content-type"] == "video/mp4"
+        assert hashlib.sha256(full.content).hexdigest() == video["sha256"] and len(full.content) == video["size"]
+        assert frame_count(full.content) == n and full.content != clip
+        assert not _scan(srv.state.config.data_dir, _needles(full.content))  # the result is encrypted too
+        # with the upload shredded, only the result's spool file is left
+        assert len(_spool_files(srv.state.config.data_dir)) == 1
+
+        size, url = len(full.content), video["url"]
+        part = client.get(url, headers={"Range": "bytes=10-99"})
+        assert part.status_code == 206 and part.headers["content-range"] == f"bytes 10-99/{size}"
+        assert part.content == full.content[10:100] and part.headers["content-length"] == "90"
+        assert client.get(url, headers={"Range": "bytes=-64"}).content == full.content[-64:]
+        half = size // 2
+        resumed = client.get(url, headers={"Range": f"bytes={half}-", "If-Range": full.headers["etag"]})
+        assert resumed.status_code == 206 and full.content[:half] + resumed.content == full.content
+        stale = client.get(url, headers={"Range": f"bytes={half}-", "If-Range": '"other"'})
+        assert stale.status_code == 200 and stale.content == full.content
+        bad = client.get(url, headers={"Range": f"bytes={size}-"})
+        assert_problem(bad, 416)
+        assert bad.headers["content-range"] == f"bytes */{size}"
+
+        archive = client.get(f"/api/v1/jobs/{job_id}/archive")
+        import zipfile
+
+        zf = zipfile.ZipFile(io.BytesIO(archive.content))
+        assert zf.namelist() == ["0001.mp4", "0002.jpg"] and zf.read("0001.mp4") == full.content
+
+        assert hook.event.wait(30)
+        event = hook.json()
+        assert event["event"] == "job.done" and event["job"]["done"] == 2
+    finally:
+        hook.close()
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    assert not _spool_files(srv.state.config.data_dir)  # shredded with the job
+
+
+def test_photo_downloads_take_ranges_too(client):
+    r = _post(client, [("files", ("p.jpg", small_photo(), "image/jpeg"))])
+    done = wait_job(client, r.json()["id"])
+    url = done["images"][0]["url"]
+    whole = client.get(url).content
+    part = client.get(url, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole[:10]
+    assert part.headers["content-range"] == f"bytes 0-9/{len(whole)}"
+    assert client.get(url, headers={"Range": "bytes=-5"}).content == whole[-5:]
+    assert client.get(url, headers={"Range": "bytes=5-2"}).status_code == 200  # invalid: ignored
+    assert client.get(url, headers={"Range": "bytes=0-1,4-5"}).status_code == 200  # several: whole body
+    assert_problem(client.get(url, headers={"Range": f"bytes={len(whole) + 10}-"}), 416)
+
+
+def test_video_over_the_limit_is_413_and_leaves_no_spool(srv, client):
+    big = face_clip(8.0, 12, (640, 480), 160)
+    big += bytes(MAX_VIDEO + 1 - len(big))  # padded past the limit: still sniffed as a video
+    assert len(big) > MAX_VIDEO
+    r = _post(client, [("files", ("big.mp4", big, "video/mp4"))])
+    body = assert_problem(r, 413)
+    assert "1 MB" in body["detail"] and "video" in body["detail"]
+    assert not _spool_files(srv.state.config.data_dir)
+
+
+def test_bad_videos_fail_per_file_with_the_reason(srv, client):
+    clip = face_clip(1.0)
+    truncated = clip[: len(clip) // 3]
+    r = _post(client, [("files", ("cut.mp4", truncated, "video/mp4")), ("files", ("p.jpg", small_photo(), "image/jpeg"))])
+    assert r.status_code == 202, r.text
+    done = wait_job(client, r.json()["id"])
+    bad, good = done["images"]
+    assert bad["status"] == "failed" and bad["kind"] == "video" and bad["error"], bad
+    assert "internal error" not in bad["error"]
+    assert good["status"] == "done"
+    assert client.get(f"/api/v1/jobs/{done['id']}/images/0").status_code == 409
+    client.delete(f"/api/v1/jobs/{done['id']}")
+    assert not _spool_files(srv.state.config.data_dir)
+
+
+def test_a_video_on_the_synchronous_endpoint_is_refused_clearly(client):
+    r = client.post("/api/v1/anonymize", files={"file": ("c.mp4", face_clip(1.0), "video/mp4")})
+    body = assert_problem(r, 415)
+    assert "/api/v1/jobs" in body["detail"]
+
+
+def _serve(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "VEIL_SERVER_DATA_DIR": str(data_dir)}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "veil"), "serve", "--port", str(port), "--workers", "1", "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else "server exited"
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("veil serve did not come up")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kill_9_mid_video_leaves_nothing_readable(tmp_path):
+    data_dir = tmp_path / "server"
+    clip = face_clip(8.0, 12, (640, 480), 160)
+    needles = _needles(clip)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(data_dir, port)
+    try:
+        _wait_up(url, proc)
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as c:
+            r = c.post("/api/v1/jobs", files=[("files", ("cctv.mp4", clip, "video/mp4"))],
+                       data={"options": json.dumps(FAST)})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            deadline = time.monotonic() + 120
+            while True:  # until the video is mid-way through
+                assert not _scan(data_dir, needles)
+                video = c.get(f"/api/v1/jobs/{job_id}").json()["images"][0]
+                assert video["status"] in ("queued", "processing"), video
+                if (video["progress"] or {}).get("frames_done"):
+                    break
+                assert time.monotonic() < deadline, "the video never started"
+                time.sleep(0.02)
+        assert _spool_files(data_dir)  # the encrypted upload is on disk...
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        left = _spool_files(data_dir)
+        assert left and not _scan(data_dir, needles)  # ...and what the crash left is ciphertext
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    proc = _serve(data_dir, port)
+    try:
+        _wait_up(url, proc)
+        assert not _spool_files(data_dir) and not any(p.exists() for p in left)
+        assert httpx.get(f"{url}/api/v1/jobs/{job_id}", timeout=10, trust_env=False).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
