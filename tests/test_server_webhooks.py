@@ -179,3 +179,136 @@ def test_webhook_posts_to_the_checked_address_without_a_second_lookup(monkeypatc
     assert url == "https://user:pw@93.184.215.14:8443/x"
     assert headers["Host"] == "xn--bcher-kva.example:8443" and ext == {"sni_hostname": "xn--bcher-kva.example"}
     assert pinned_request("http://127.0.0.1:9/x", None) == ("http://127.0.0.1:9/x", {}, {})
+
+
+class Trickler:
+    """A raw-socket receiver on 127.0.0.1 that reads the request, then answers one byte
+    every ``interval`` seconds: ``answer`` (a complete, valid 200) or, with ``forever``,
+    header lines that never end. Records when the sender gives up on the connection."""
+
+    def __init__(self, answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", interval: float = 0.2,
+                 forever: bool = False):  # fmt: skip
+        import socket
+        import threading
+
+        self.answer, self.interval, self.forever = answer, interval, forever
+        self.connected = threading.Event()  # a request has arrived and the trickle began
+        self.closed = threading.Event()  # the sender closed a connection before the answer ended
+        self.connections = 0
+        self.finished = 0  # answers sent to the end
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/hook"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        import itertools
+        import select
+
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.connections += 1
+            self.connected.set()
+            stream = itertools.cycle(b"X-Wait: still-thinking\r\n") if self.forever else iter(self.answer)
+            for byte in stream:
+                if self._stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    self.closed.set()
+                    return
+                readable, _, _ = select.select([conn], [], [], self.interval)  # the pace, and the sender's close
+                if readable and not conn.recv(65536):
+                    self.closed.set()
+                    return
+            self.finished += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+def test_a_trickling_receiver_does_not_stall_another_keys_webhook(tmp_path):
+    """Key A's receiver never stops trickling its answer; key B's webhook still arrives
+    while A's attempt runs, and A's attempt is cut off at the time limit, not delivered."""
+    srv = start_server(ServerConfig(data_dir=tmp_path, require_keys=True, webhook_timeout=5, webhook_backoff=60,
+                                    webhook_max_seconds=600))  # fmt: skip
+    slow, fast = Trickler(forever=True), Receiver()
+    try:
+        key_a, key_b = srv.state.keys.create("slow"), srv.state.keys.create("fast")
+        with srv.client(Authorization=f"Bearer {key_a.token}") as a, srv.client(Authorization=f"Bearer {key_b.token}") as b:
+            job_a = _submit(a, slow.url).json()["id"]
+            assert slow.connected.wait(60), "A's webhook never started"
+            job_b = _submit(b, fast.url).json()["id"]
+            assert fast.event.wait(60), "B's webhook never arrived"
+            assert not slow.closed.is_set(), "B's webhook waited for A's attempt to end"
+            _wait_for(lambda: b.get(f"/api/v1/jobs/{job_b}").json()["webhook"]["status"] == "delivered")
+            assert a.get(f"/api/v1/jobs/{job_a}").json()["webhook"]["status"] == "pending"  # still trickling
+            assert slow.closed.wait(60), "A's trickling receiver was never cut off"
+            _wait_for(lambda: a.get(f"/api/v1/jobs/{job_a}").json()["webhook"] == {"status": "retrying", "attempts": 1})
+            assert verify_signature(key_b.key.secret, fast.requests[0]["headers"]["x-veil-timestamp"],
+                                    fast.requests[0]["body"], fast.requests[0]["headers"]["x-veil-signature"])  # fmt: skip
+    finally:
+        slow.close()
+        fast.close()
+        srv.stop()
+
+
+def test_an_answer_slower_than_the_time_limit_is_a_failed_attempt():
+    """A valid 200 sent one byte at a time, finishing after the limit: each byte comes well
+    within a per-read timeout, but the attempt as a whole is over time, so it is cut off,
+    retried and finally given up; never recorded as delivered."""
+    from veil.server.webhooks import WebhookSender
+
+    slow = Trickler(interval=0.25)  # the 41-byte answer takes ~10 s
+    results: list[tuple[str, int]] = []
+    sender = WebhookSender(allow_private=False, allow_local=True, timeout=1.5, backoff=0.2, max_seconds=2.5,
+                           on_result=lambda job, status, attempts: results.append((status, attempts)))  # fmt: skip
+    sender.start()
+    try:
+        sender.send(slow.url, "job.done", {"ok": True}, "s3cret", job_id="j1")
+        _wait_for(lambda: results and results[-1][0] in ("failed", "delivered"), timeout=60)
+        assert [s for s, _ in results[:-1]] == ["retrying"] * (len(results) - 1) and len(results) >= 2
+        assert "delivered" not in [s for s, _ in results]
+        assert slow.finished == 0 and slow.connections == results[-1][1]
+    finally:
+        sender.stop()
+        slow.close()
+
+
+def test_one_receiver_holds_at_most_two_sender_threads():
+    """Many webhooks to one slow receiver: at most ``per_host`` attempts at once to it,
+    so the other threads stay free for everyone else."""
+    from veil.server.webhooks import WebhookSender
+
+    slow, fast = Trickler(forever=True), Receiver()
+    sender = WebhookSender(allow_private=False, allow_local=True, timeout=4, backoff=60, max_seconds=600,
+                           concurrency=3, per_host=2)  # fmt: skip
+    sender.start()
+    try:
+        for i in range(5):
+            sender.send(slow.url, "job.done", {"i": i}, "s3cret", job_id=f"slow{i}")
+        _wait_for(lambda: slow.connections == 2)
+        sender.send(fast.url, "job.done", {"ok": True}, "other", job_id="fast")
+        assert fast.event.wait(30)
+        assert slow.connections == 2 and not slow.closed.is_set()  # the third thread served the other receiver
+    finally:
+        slow.close()  # ends the attempts under way, so that stop() need not wait for their limit
+        sender.stop()
+        fast.close()

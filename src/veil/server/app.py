@@ -83,6 +83,7 @@ def build_state(
         timeout=config.webhook_timeout,
         backoff=config.webhook_backoff,
         max_seconds=config.webhook_max_seconds,
+        concurrency=config.webhook_concurrency,
     )
     pipe = Pipeline(config, pipeline)
     # video uploads and results; leftovers of an earlier process (unreadable) go now

@@ -96,6 +96,9 @@ class ServerConfig:
     webhook_backoff: float = 1.0
     #: ...and stop after this many seconds since the first attempt.
     webhook_max_seconds: float = 600.0
+    #: Webhook attempts at once (at most 2 of them to one receiver); each attempt,
+    #: answer included, ends within ``webhook_timeout`` seconds.
+    webhook_concurrency: int = 8
     #: Mount ``veil/web/static`` at ``/`` when it exists.
     serve_web: bool = True
     #: Quota for keys created without one (images per UTC day; 0 = unlimited).
@@ -170,7 +173,7 @@ class ServerConfig:
 
 _BOOL_FIELDS = {"allow_private_webhooks", "serve_web"}
 _FLOAT_FIELDS = {"ttl", "sweep_interval", "sync_wait", "webhook_timeout", "webhook_backoff", "webhook_max_seconds"}
-_INT_FIELDS = {"port", "workers", "queue_size", "sync_concurrency", "default_quota_per_day"}
+_INT_FIELDS = {"port", "workers", "queue_size", "sync_concurrency", "default_quota_per_day", "webhook_concurrency"}
 
 
 def _coerce(name: str, raw: str, cls: type) -> Any:

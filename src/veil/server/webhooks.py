@@ -1,5 +1,12 @@
-"""Job-end webhooks: signed JSON POSTs, retried with exponential backoff in a background
-thread (workers never wait on a receiver).
+"""Job-end webhooks: signed JSON POSTs, retried with exponential backoff by a small pool of
+background threads (workers never wait on a receiver).
+
+Delivery bounds: each attempt has a *total* time limit (``timeout``: connect, TLS, sending
+and reading the answer's status line and headers together, checked before every read),
+so a receiver that answers one byte a second, or never stops, is cut off; a cut-off
+attempt is a failed attempt, retried like any other. Attempts run concurrently on
+``concurrency`` threads, at most ``per_host`` of them to one receiver, so one slow
+receiver holds at most ``per_host`` threads and never delays another's webhooks.
 
 Signature: ``X-Veil-Signature: sha256=<hex>`` where ``hex = HMAC-SHA256(secret,
 f"{X-Veil-Timestamp}.{body}")``. The secret is the API key's webhook secret (shown by
@@ -17,6 +24,7 @@ POST goes to the very address that was checked (no second DNS lookup).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import hmac
@@ -28,14 +36,13 @@ import os
 import random
 import secrets
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlsplit
-
-import httpx
+from typing import Any, Callable, Mapping
+from urllib.parse import quote, unquote, urlsplit
 
 import veil
 
@@ -128,9 +135,34 @@ def pinned_request(url: str, addr: Address | None) -> tuple[str, dict[str, str],
     return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": ascii_host}
 
 
+#: NAT64 prefixes (RFC 6052 well-known, RFC 8215 local use): the last 32 bits are IPv4.
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(addr: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches through: IPv4-mapped (``::ffff:a.b.c.d``),
+    6to4 (``2002:AABB:CCDD::``), Teredo (the client address) or NAT64; else ``None``."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    if any(addr in net for net in NAT64):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def _check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_local: bool) -> None:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    inner = embedded_ipv4(addr)
+    if inner is not None:  # judged by where it really goes
+        addr = inner
+    if addr.is_loopback:  # before is_reserved: ::1 lies in the reserved ::/8
+        if not allow_local:
+            raise WebhookURLError(f"callback_url points at a loopback address ({addr}); not allowed on this server")
+        return
     if addr in METADATA_ADDRESSES:
         raise WebhookURLError(f"callback_url points at a cloud metadata address ({addr})")
     if any(addr in net for net in LINK_LOCAL) or addr.is_link_local:
@@ -139,6 +171,105 @@ def _check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow
         raise WebhookURLError(f"callback_url points at a non-routable address ({addr})")
     if not addr.is_global and not allow_local:
         raise WebhookURLError(f"callback_url points at a private or loopback address ({addr}); not allowed on this server")
+
+
+#: Most bytes of a receiver's answer read (status line and headers; the body never is).
+MAX_ANSWER_HEAD = 16 * 1024
+
+
+class AttemptError(OSError):
+    """A webhook attempt that did not get a complete answer (``connect``: no connection)."""
+
+    def __init__(self, message: str, *, connect: bool = False):
+        super().__init__(message)
+        self.connect = connect
+
+
+def post_once(url: str, headers: Mapping[str, str], body: bytes, *, deadline: float, tls_name: str | None = None) -> int:
+    """POST ``body`` to ``url`` and return the answer's status code, all before ``deadline``
+    (``time.monotonic()``), or raise :class:`AttemptError`.
+
+    ``url`` is what :func:`pinned_request` made (the checked address itself, or the name
+    when private targets are allowed), ``tls_name`` the host name TLS checks. Every step
+    gets only the time left (a per-read timeout would start again with every byte a
+    trickling receiver sends); the answer counts only once its whole head has arrived.
+    """
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AttemptError("no complete answer within the attempt's time limit")
+        return remaining
+
+    head = {k.lower(): v for k, v in headers.items()}
+    head.setdefault("host", _host_header(parts))
+    if parts.username is not None:  # credentials in the URL: HTTP basic authentication
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        head.setdefault("authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
+    head.update({"content-length": str(len(body)), "connection": "close"})
+    target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~") + (f"?{quote(parts.query, safe='/%:@!$&()*+,;=-._~?')}" if parts.query else "")
+    lines = [f"POST {target} HTTP/1.1"] + [f"{k.title()}: {v}" for k, v in head.items()]
+    if any(c in line for line in lines for c in "\r\n\x00"):
+        raise AttemptError("refusing a header with a line break")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    try:
+        sock = socket.create_connection((host, port), timeout=left())
+    except OSError as exc:
+        raise AttemptError(f"cannot connect: {exc}", connect=True) from None
+    try:
+        if https:
+            sock.settimeout(left())  # CPython bounds the whole handshake by it
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=tls_name or host)
+        sock.settimeout(left())
+        sock.sendall(request)  # the timeout bounds the whole sendall
+        buf = b""
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                status = _status_code(buf[:end])
+                if 100 <= status < 200:  # an interim answer; the real one follows
+                    buf = buf[end + 4 :]
+                    continue
+                return status
+            if len(buf) > MAX_ANSWER_HEAD:
+                raise AttemptError("the answer's head is too long")
+            sock.settimeout(left())
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AttemptError("the receiver closed the connection before answering")
+            buf += chunk
+    except AttemptError:
+        raise
+    except (OSError, ValueError) as exc:  # timeouts, resets, TLS failures, a garbled answer
+        raise AttemptError(str(exc) or type(exc).__name__) from None
+    finally:
+        sock.close()
+
+
+def _host_header(parts: Any) -> str:
+    host = parts.hostname or ""
+    try:
+        ipaddress.IPv6Address(host)
+        host = f"[{host}]"
+    except ValueError:
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise AttemptError(f"callback_url host {host!r} is not a valid host name") from None
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
+def _status_code(head: bytes) -> int:
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    version, _, rest = line.partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise AttemptError(f"not an HTTP answer: {line[:60]!r}")
+    return int(code)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -186,10 +317,25 @@ class _Delivery:
     job_id: str = field(compare=False)
     first: float = field(compare=False, default=0.0)
     attempts: int = field(compare=False, default=0)
+    receiver: str = field(compare=False, default="")  #: ``host:port``, for the per-receiver cap
+
+
+def _receiver(url: str) -> str:
+    try:
+        parts = urlsplit(url.strip())
+        return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return ""
 
 
 class WebhookSender:
-    """Delivers events from one background thread; never blocks the caller."""
+    """Delivers events from ``concurrency`` background threads; never blocks the caller.
+
+    Due deliveries wait in one heap; each thread takes the earliest due one whose receiver
+    has fewer than ``per_host`` attempts running, so a receiver that is slow (every attempt
+    of it runs to ``timeout``) holds at most ``per_host`` threads, and the other receivers'
+    webhooks go out on the rest.
+    """
 
     def __init__(
         self,
@@ -199,6 +345,8 @@ class WebhookSender:
         timeout: float = 10.0,
         backoff: float = 1.0,
         max_seconds: float = 600.0,
+        concurrency: int = 8,
+        per_host: int = 2,
         on_result: Callable[[str, str, int], None] | None = None,
     ):
         self.allow_private = allow_private
@@ -206,69 +354,100 @@ class WebhookSender:
         self.timeout = timeout
         self.backoff = backoff
         self.max_seconds = max_seconds
+        self.concurrency = max(1, int(concurrency))
+        self.per_host = max(1, min(int(per_host), self.concurrency))
         self.on_result = on_result
         self._heap: list[_Delivery] = []
+        self._running: dict[str, int] = {}
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = False
-        self._thread: threading.Thread | None = None
-        self._client: httpx.Client | None = None
+        self._threads: list[threading.Thread] = []
+        self._user_agent = f"veil-webhook/{veil.__version__}"
 
     def start(self) -> None:
         with self._cond:
-            if self._thread is not None:
+            if self._threads:
                 return
             self._stop = False
-            self._client = httpx.Client(
-                timeout=self.timeout,
-                follow_redirects=False,
-                headers={"User-Agent": f"veil-webhook/{veil.__version__}"},
-                trust_env=False,
-            )
-            self._thread = threading.Thread(target=self._loop, name="veil-webhooks", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._loop, name=f"veil-webhooks-{i}", daemon=True)
+                for i in range(self.concurrency)
+            ]
+            for t in self._threads:
+                t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking deliveries; attempts under way end by their own time limit."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._thread = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+        self._threads = []
 
     def pending(self) -> int:
+        """Deliveries waiting (for their time, or for a thread)."""
         with self._cond:
             return len(self._heap)
 
     def send(self, url: str, event: str, payload: dict[str, Any], secret: str, job_id: str = "") -> str:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
         now = time.time()
-        d = _Delivery(now, next(self._seq), url, body, secret, event, "dlv_" + secrets.token_hex(8), job_id, first=now)
+        d = _Delivery(now, next(self._seq), url, body, secret, event, "dlv_" + secrets.token_hex(8), job_id,
+                      first=now, receiver=_receiver(url))  # fmt: skip
         with self._cond:
             heapq.heappush(self._heap, d)
             self._cond.notify()
         return d.delivery_id
 
+    def _take(self) -> tuple[_Delivery | None, float | None]:
+        """The earliest due delivery whose receiver has a free slot (removed from the
+        heap), else how long to wait (None: until an attempt ends or one is sent)."""
+        now = time.time()
+        best: _Delivery | None = None
+        wait: float | None = None
+        for d in self._heap:
+            if self._running.get(d.receiver, 0) >= self.per_host:
+                continue
+            if d.due <= now:
+                if best is None or d < best:
+                    best = d
+            else:
+                wait = d.due - now if wait is None else min(wait, d.due - now)
+        if best is None:
+            return None, wait
+        self._heap.remove(best)
+        heapq.heapify(self._heap)
+        return best, None
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (not self._heap or self._heap[0].due > time.time()):
-                    wait = None if not self._heap else max(0.0, self._heap[0].due - time.time())
+                while True:
+                    if self._stop:
+                        return
+                    d, wait = self._take()
+                    if d is not None:
+                        break
                     self._cond.wait(wait)
-                if self._stop:
-                    return
-                d = heapq.heappop(self._heap)
+                self._running[d.receiver] = self._running.get(d.receiver, 0) + 1
             try:
                 self._attempt(d)
             except Exception:  # one odd delivery must not stop all later ones
                 log.exception("webhook for job %s failed unexpectedly", d.job_id)
                 self._report(d, "failed")
+            finally:
+                with self._cond:
+                    self._running[d.receiver] -= 1
+                    if not self._running[d.receiver]:
+                        del self._running[d.receiver]
+                    self._cond.notify_all()  # a receiver's slot is free again
 
     def _attempt(self, d: _Delivery) -> None:
         d.attempts += 1
+        deadline = time.monotonic() + self.timeout  # for the whole attempt, every address
         try:
             addrs = check_callback_url(d.url, allow_private=self.allow_private, allow_local=self.allow_local)
         except WebhookURLError as exc:
@@ -277,6 +456,7 @@ class WebhookSender:
             return
         ts = str(int(time.time()))
         headers = {
+            "User-Agent": self._user_agent,
             "Content-Type": "application/json",
             "X-Veil-Event": d.event,
             "X-Veil-Delivery": d.delivery_id,
@@ -285,20 +465,22 @@ class WebhookSender:
             SIGNATURE_HEADER: sign(d.secret, ts, d.body),
         }
         ok = False
-        assert self._client is not None
         for addr in list(dict.fromkeys(addrs)) or [None]:  # each checked address in turn, as a resolver would
             try:
                 url, pin_headers, extensions = pinned_request(d.url, addr)
-                resp = self._client.post(url, content=d.body, headers={**headers, **pin_headers}, extensions=extensions)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                status = post_once(url, {**headers, **pin_headers}, d.body, deadline=deadline,
+                                   tls_name=extensions.get("sni_hostname"))  # fmt: skip
+            except AttemptError as exc:
                 log.info("webhook for job %s: %s", d.job_id, exc)
-                continue
-            except (httpx.HTTPError, WebhookURLError) as exc:
+                if exc.connect and time.monotonic() < deadline:
+                    continue
+                break
+            except WebhookURLError as exc:
                 log.info("webhook for job %s: %s", d.job_id, exc)
                 break
-            ok = 200 <= resp.status_code < 300
+            ok = 200 <= status < 300
             if not ok:
-                log.info("webhook for job %s: receiver answered %s", d.job_id, resp.status_code)
+                log.info("webhook for job %s: receiver answered %s", d.job_id, status)
             break
         if ok:
             self._report(d, "delivered")
@@ -309,10 +491,10 @@ class WebhookSender:
             self._report(d, "failed")
             return
         d.due = time.time() + delay
+        self._report(d, "retrying")  # before it is queued again: a fast retry cannot be overwritten
         with self._cond:
             heapq.heappush(self._heap, d)
             self._cond.notify()
-        self._report(d, "retrying")
 
     def _report(self, d: _Delivery, status: str) -> None:
         if self.on_result is not None:
