@@ -222,6 +222,9 @@ def test_kill_9_mid_video_leaves_nothing_readable(tmp_path):
     data_dir = tmp_path / "server"
     clip = face_clip(8.0, 12, (640, 480), 160)
     needles = _needles(clip)
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "plain.bin").write_bytes(clip)
+    assert len(_scan(tmp_path / "probe", needles)) == len(needles)  # the scan sees plaintext
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(data_dir, port)

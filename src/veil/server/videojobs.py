@@ -24,7 +24,7 @@ _HASH_PIECE = 1024 * 1024
 
 
 def load_video_core() -> Callable[..., Any]:
-    from veil.video import anonymize_video
+    from veil.video import anonymize_video  # lazily: the server starts without the video stack
 
     return anonymize_video
 
@@ -58,10 +58,15 @@ def process_video(jobs: JobManager, state: _JobState, idx: int, slot: _Slot) -> 
         return slot.deleted or not jobs._alive(job_id) or jobs.queue.is_cancelled(job_id)
 
     dst = jobs.spool.create()
+    from veil.video import Cancelled
+
     try:
         src.seek(0)
         report = load_video_core()(src, dst, state.options, progress=progress, should_stop=should_stop)
         dst.flush()
+    except Cancelled:  # deleted or cancelled under it
+        dst.shred()
+        return jobs._alive(job_id)
     except VeilError as exc:
         dst.shred()
         jobs._image_failed(job_id, idx, str(exc), 0)
@@ -81,7 +86,7 @@ def process_video(jobs: JobManager, state: _JobState, idx: int, slot: _Slot) -> 
     digest = sha256_of(dst)
     data = report.to_json() if hasattr(report, "to_json") else {}
     ctype = getattr(report, "content_type", None) or "video/mp4"
-    fmt = getattr(report, "container_out", None) or "mp4"
+    fmt = report.extension.lstrip(".")  # mp4, mov, mkv, ts: the download's extension
     with state.lock:  # serialised with _forget/_drop_image
         if not jobs._alive(job_id) or slot.deleted:
             dst.shred()
