@@ -265,3 +265,30 @@ def test_kill_9_mid_video_leaves_nothing_readable(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_download_links_open_one_result_without_the_key(tmp_path):
+    """What a ``<video src>`` gets: a short-lived URL for one result, for its owner only."""
+    srv = start_server(ServerConfig(data_dir=tmp_path / "server", workers=1, require_keys=True))
+    try:
+        key = srv.state.keys.create("newsroom")
+        with srv.client(authorization=f"Bearer {key.token}") as c, srv.client() as anon:
+            r = c.post("/api/v1/jobs", files=[("files", ("a.jpg", small_photo(), "image/jpeg")),
+                                              ("files", ("b.jpg", small_photo(), "image/jpeg"))],
+                       data={"options": json.dumps(FAST)})
+            job = wait_job(c, r.json()["id"])
+            whole = c.get(job["images"][0]["url"]).content
+            assert_problem(anon.get(job["images"][0]["url"]), 401)
+            assert_problem(anon.post(f"/api/v1/jobs/{job['id']}/images/0/link"), 401)
+            link = c.post(f"/api/v1/jobs/{job['id']}/images/0/link").json()
+            assert link["url"].startswith(f"/api/v1/jobs/{job['id']}/images/0?token=") and link["expires_at"]
+            got = anon.get(link["url"], headers={"Range": "bytes=0-99"})
+            assert got.status_code == 206 and got.content == whole[:100]
+            token = link["url"].split("token=", 1)[1]
+            assert_problem(anon.get(f"/api/v1/jobs/{job['id']}/images/1?token={token}"), 401)  # another result
+            assert_problem(anon.get(f"/api/v1/jobs/{job['id']}/images/0?token={token[:-2]}xx"), 401)  # forged
+            assert_problem(c.post(f"/api/v1/jobs/{job['id']}/images/7/link"), 404)
+            srv.state.keys.revoke(key.key.id)
+            assert_problem(anon.get(link["url"]), 401)  # a revoked key's links die with it
+    finally:
+        srv.stop()

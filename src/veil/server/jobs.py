@@ -29,6 +29,7 @@ from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, sec
 from veil.server.problems import Problem
 from veil.server.queue import JobQueue, QueueFull
 from veil.server.store import Store, dumps, loads
+from veil.server.tokens import DownloadTokens
 from veil.server.uploads import EXTENSIONS, safe_stem
 from veil.server.webhooks import WebhookSender, server_secret
 
@@ -193,6 +194,7 @@ class JobManager:
         self.pipeline = pipeline
         #: the :class:`~veil.server.spool.SpoolDir` of video uploads and results
         self.spool = spool
+        self.tokens = DownloadTokens()
         self._jobs: dict[str, _JobState] = {}
         self._lock = threading.Lock()
         self._held = 0  # bytes of originals + results in memory
@@ -575,6 +577,15 @@ class JobManager:
         data, ctype, name = self.image(job_id, n, principal)
         row = self.store.one("SELECT sha256 FROM images WHERE job_id = ? AND idx = ?", (job_id, n))
         return data, ctype, name, row["sha256"] if row else None
+
+    def link(self, job_id: str, n: int, principal: Principal) -> dict[str, Any]:
+        """A short-lived URL that downloads result ``n`` without the API key (see :mod:`veil.server.tokens`)."""
+        self.image(job_id, n, principal)  # 404 / 409 exactly as a download would answer
+        row = self.store.one("SELECT expires_at FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise Problem(404, f"no job {job_id!r}", slug="not-found")
+        token, expires = self.tokens.issue(job_id, n, principal.key_id, row["expires_at"])
+        return {"url": f"{API}/jobs/{job_id}/images/{n}?token={token}", "expires_at": iso(expires)}
 
     def archive(self, job_id: str, principal: Principal, original_names: bool = False) -> Iterator[bytes]:
         """A ZIP of every finished image, streamed; entries ``0001.jpg``… (index + 1)."""

@@ -180,9 +180,12 @@ async def get_image(
     request: Request,
     job_id: str = Path(max_length=64),
     n: int = Path(ge=0, le=100_000),
-    who: Principal = Depends(principal),
+    token: str | None = Query(None, max_length=256, description="From POST .../images/{n}/link: no API key needed"),
 ) -> Response:
-    jobs = get_state(request).jobs
+    """The result; ``Range`` requests are answered with 206 (players seek, downloads resume)."""
+    state = get_state(request)
+    jobs = state.jobs
+    who = await run_in_threadpool(_link_caller, state, token, job_id, n) if token else principal(request)
     data, ctype, name, sha = await run_in_threadpool(jobs.download, job_id, n, who)
     return ranged_response(
         data,
@@ -193,6 +196,28 @@ async def get_image(
         etag=f'"{sha}"' if sha else None,
         background=BackgroundTask(jobs.downloaded_image, job_id, n),
     )
+
+
+def _link_caller(state: Any, token: str, job_id: str, n: int) -> Principal:
+    """The job's owner, when ``token`` is a valid link to result ``n`` of ``job_id``."""
+    grant = state.jobs.tokens.verify(token, job_id, n)
+    key = state.keys.get(grant.key_id) if grant is not None and grant.key_id else None
+    if grant is None or (grant.key_id and (key is None or key.revoked)):
+        raise Problem(401, "the download link is not valid or has expired; ask for a new one", slug="unauthorized")
+    return Principal(key)
+
+
+@router.post("/jobs/{job_id}/images/{n}/link", summary="A short-lived download URL for one result", responses=_ERRORS)
+async def create_link(
+    request: Request,
+    job_id: str = Path(max_length=64),
+    n: int = Path(ge=0, le=100_000),
+    who: Principal = Depends(principal),
+) -> dict:
+    """``{"url", "expires_at"}``: the URL opens this one result without an API key (for
+    ``<video src>`` and plain links, which cannot send one) until ``expires_at`` (an hour
+    at most, never past the job's expiry)."""
+    return await run_in_threadpool(get_state(request).jobs.link, job_id, n, who)
 
 
 @router.get(
