@@ -28,7 +28,10 @@ from rich.progress import (
 from rich.text import Text
 
 from veil.cli.common import console, err_console, user_errors
+from veil.cli.lifeline import die_with_parent
 from veil.cli.paths import collect_images
+from veil.cli.resume import MANIFEST, Manifest, file_sha256, remove_stale_temporaries
+from veil.cli.video import print_video_dry_run, process_video, video_extension
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import EXTENSIONS, atomic_write
 from veil.inference.memory import huge_pages_for_children
@@ -46,7 +49,8 @@ class _Rate(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} img/s" if speed else "-- img/s", style="progress.data.speed")
+        unit = task.fields.get("unit", "img/s")
+        return Text(f"{speed:.2f} {unit}" if speed else f"-- {unit}", style="progress.data.speed")
 
 
 # -- planning: which file goes where ----------------------------------------------------
@@ -55,13 +59,18 @@ def _options(config: Path | None, overrides: dict[str, Any]) -> Options:
     return Options.from_toml(config, values) if config else Options.from_mapping(values)
 
 
-def _destination(src: Path, root: Path, outdir: Path | None, in_place: bool, fmt: str | None) -> Path:
+def _destination(src: Path, root: Path, outdir: Path | None, in_place: bool, fmt: str | None,
+                 video_ext: str | None = None) -> Path:  # fmt: skip
+    """Where ``src``'s output goes; a video gets its output container's extension
+    (``--format`` is for photos)."""
     if in_place:
         return src
     if outdir is not None:
         dst = outdir / src.relative_to(root)
     else:
         dst = src.with_name(src.stem + _SUFFIX + src.suffix)
+    if video_ext:
+        return dst.with_suffix(video_ext)
     return dst.with_suffix(EXTENSIONS[fmt]) if fmt else dst
 
 
@@ -79,7 +88,7 @@ def plan(paths: list[Path], outdir: Path | None, in_place: bool, fmt: str | None
             continue  # an earlier run's outputs, in a folder inside the input folder
         if from_folder and outdir is None and not in_place and src.stem.endswith(_SUFFIX):
             continue
-        jobs.append((src, _destination(src, root, outdir, in_place, fmt)))
+        jobs.append((src, _destination(src, root, outdir, in_place, fmt, video_extension(src))))
     seen: dict[Path, Path] = {}
     for src, dst in jobs:
         key = dst.resolve()
@@ -128,23 +137,28 @@ def available_memory() -> int:
     return avail
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    die_with_parent(parent)  # a kill -9 of the command must not leave workers writing
     import cv2
 
     cv2.setNumThreads(1)  # --jobs already uses the cores
     os.environ.setdefault("VEIL_THREADS", str(threads))  # before any model session exists
 
 
-def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: bool) -> dict[str, Any]:
-    """Anonymize one file; never raises for a bad file (the batch goes on)."""
+def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: bool, hashes: bool = False) -> dict[str, Any]:
+    """Anonymize one file; never raises for a bad file (the batch goes on). With
+    ``hashes``, ``item["_hashes"]`` holds the SHA-256 of the input and the output."""
     from veil.pipeline.core import anonymize_file
 
     item: dict[str, Any] = {"path": src, "output": None if dry_run else dst, "ok": False}
     try:
         if not dry_run:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        source_sha = file_sha256(src) if hashes else ""  # before: a changed input is redone next time
         report = anonymize_file(Path(src), None if dry_run else Path(dst), options, overwrite_input=in_place)
         item.update(ok=True, report=report.to_json())
+        if hashes:
+            item["_hashes"] = (source_sha, file_sha256(dst))
     except ModelError as exc:
         item.update(error=str(exc), fatal=True)
     except VeilError as exc:
@@ -156,11 +170,14 @@ def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: b
     return item
 
 
-def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_place: bool, workers: int) -> Iterator[dict]:
-    args = [(str(s), str(d), options, dry_run, in_place) for s, d in jobs]
+def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_place: bool, workers: int,
+         manifest: Manifest | None = None) -> Iterator[dict]:  # fmt: skip
+    """Process ``jobs`` here or in ``workers`` processes; each finished output is recorded
+    in ``manifest`` (when given) before its item is yielded."""
+    args = [(str(s), str(d), options, dry_run, in_place, manifest is not None) for s, d in jobs]
     if workers <= 1 or len(args) <= 1:
         for a in args:
-            item = process_one(*a)
+            item = _recorded(process_one(*a), manifest)
             yield item
             if item.get("fatal"):
                 return
@@ -168,18 +185,46 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX threads
     workers = min(workers, len(args))
     threads = max(1, _cores() // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
+    with pool:
         with huge_pages_for_children():  # spawn-based pools start every worker during the first submits
             futures = [pool.submit(process_one, *a) for a in args]
         try:
             for fut in as_completed(futures):
-                item = fut.result()
+                item = _recorded(fut.result(), manifest)
                 yield item
                 if item.get("fatal"):
                     break
         finally:
             for f in futures:
                 f.cancel()
+
+
+def _recorded(item: dict, manifest: Manifest | None) -> dict:
+    hashes = item.pop("_hashes", None)
+    if manifest is not None and hashes and item["ok"]:
+        try:
+            manifest.add(Path(item["output"]), *hashes)
+        except OSError as exc:  # the output is fine; only a later run cannot skip it
+            item.setdefault("notes", []).append(f"not recorded for --skip-existing: {exc.strerror or exc}")
+    return item
+
+
+def _resume(work: list[tuple[Path, Path]], output: Path | None, options: Options, skip: bool | None,
+            dry_run: bool) -> tuple[list[tuple[Path, Path]], list[dict], Manifest | None]:  # fmt: skip
+    """``(to do, skipped items, manifest)``: removes a killed run's temporary files, and
+    with ``--skip-existing`` (the default with ``-o``) leaves out complete outputs."""
+    if skip and output is None:
+        raise OptionsError("--skip-existing needs -o/--output (its record of finished outputs lives there)")
+    if dry_run:
+        return work, [], None
+    remove_stale_temporaries([d for _, d in work] + ([output / MANIFEST] if output is not None else []))
+    if output is None or skip is False:
+        return work, [], None
+    manifest = Manifest.load(output, options)
+    done = {(s, d) for s, d in work if manifest.complete(s, d)}
+    skipped = [{"path": str(s), "output": str(d), "ok": True, "skipped": True} for s, d in work if (s, d) in done]
+    return [w for w in work if w not in done], skipped, manifest
 
 
 def _parse_jobs(value: str) -> int:
@@ -220,15 +265,17 @@ def _summary(items: list[dict], dry_run: bool) -> dict[str, Any]:
         for m in rep.get("metadata_removed", []):
             metadata[m] = metadata.get(m, 0) + 1
         verify += rep.get("verify_found") or 0
-    ok = sum(1 for it in items if it["ok"])
-    return {"images": len(items), "done": ok, "failed": len(items) - ok, "dry_run": dry_run,
+    skipped = sum(1 for it in items if it.get("skipped"))
+    ok = sum(1 for it in items if it["ok"]) - skipped
+    return {"images": len(items), "done": ok, "skipped": skipped, "failed": len(items) - ok - skipped, "dry_run": dry_run,
             "hidden": hidden, "metadata_removed": metadata, "verify_found": verify}  # fmt: skip
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     verb = "checked" if s["dry_run"] else "anonymized"
     colour = "red" if s["failed"] else "green"
-    console.print(f"[bold {colour}]{s['done']} image(s) {verb}, {s['failed']} failed[/]", highlight=False)
+    skipped = f", {s['skipped']} skipped (already done)" if s.get("skipped") else ""
+    console.print(f"[bold {colour}]{s['done']} image(s) {verb}{skipped}, {s['failed']} failed[/]", highlight=False)
     names = {"face": "faces", "head": "heads", "person": "people", "plate": "plates"}
     hidden = ", ".join(f"{s['hidden'].get(t, 0)} {n}" for t, n in names.items() if t != "head" or s["hidden"].get(t))
     console.print(f"{'would hide' if s['dry_run'] else 'hidden'}: {hidden}", highlight=False)
@@ -240,7 +287,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 @user_errors
 def anonymize(
-    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(..., help="Image or video files, or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; mirrors the input tree. Default: photo.anonymized.jpg beside each photo."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the originals (atomically)."),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: all)."),
@@ -259,10 +306,15 @@ def anonymize(
     fmt: Optional[str] = typer.Option(None, "--format", help="jpeg, png, webp, tiff, bmp or heif (default: the input's)."),
     quality: Optional[int] = typer.Option(None, "--quality", help="JPEG/WEBP/HEIF quality 1-100 (default: the input's, else 92)."),
     keep_metadata: Optional[str] = typer.Option(None, "--keep-metadata", help="Comma-separated safe fields to keep: icc,orientation,dpi,copyright,artist,datetime."),
+    video_codec: Optional[str] = typer.Option(None, "--video-codec", help="Videos: h264 (default) or hevc."),
+    video_quality: Optional[int] = typer.Option(None, "--video-quality", help="Videos: CRF 0-51, lower is better (default: close to the input's)."),
+    audio: Optional[str] = typer.Option(None, "--audio", help="Videos: keep (default: copied as it is) or drop."),
+    track_extend: Optional[int] = typer.Option(None, "--track-extend", help="Videos: frames hidden before a track's first and after its last detection, 0-50 (default 5)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Options preset file (TOML); flags override it."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the run here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be hidden; write nothing."),
     jobs: str = typer.Option("auto", "--jobs", "-j", metavar="N|auto", help="Worker processes, each loading the models once: a number, or auto (one per core, fewer when memory or images are few)."),
+    skip_existing: Optional[bool] = typer.Option(None, "--skip-existing/--no-skip-existing", help="Skip outputs an earlier run finished from the same input with the same options (default: on with -o)."),
 ) -> None:
     """Hide faces, people and licence plates; strip identifying metadata."""
     options = _options(config, {
@@ -270,6 +322,7 @@ def anonymize(
         "feather": feather, "margin": margin, "color": color, "face_style": face_style,
         "person_style": person_style, "plate_style": plate_style, "verify": verify, "format": fmt,
         "hide_heads": hide_heads, "quality": quality, "keep_metadata": keep_metadata,
+        "video_codec": video_codec, "video_quality": video_quality, "audio": audio, "track_extend": track_extend,
     })  # fmt: skip
     if in_place and output is not None:
         raise OptionsError("use either -o/--output or --in-place, not both")
@@ -278,28 +331,42 @@ def anonymize(
     workers = _parse_jobs(jobs)
     work = plan(paths, output, in_place, options.format)
     if not work:
-        raise OptionsError("no images found in the given paths")
-    workers = workers or auto_jobs(len(work))
+        raise OptionsError("no images or videos found in the given paths")
+    work, skipped, manifest = _resume(work, output, options, skip_existing, dry_run)
+    workers = workers or auto_jobs(sum(1 for s, _ in work if not video_extension(s)))
 
-    items: list[dict] = []
+    items: list[dict] = list(skipped)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("dry run" if dry_run else "anonymize", total=len(work))
-        for item in _run(work, options, dry_run, in_place, workers):
+        videos = [(s, d) for s, d in work if video_extension(s)]
+        photos = [w for w in work if w not in videos]
+
+        def done(item: dict) -> None:
             items.append(item)
             if not item["ok"]:
                 bar.console.print(f"[red]failed[/] {item['path']}: {item['error']}", highlight=False, soft_wrap=True)
             elif dry_run:
-                _print_dry_run(item)
+                (print_video_dry_run(item, bar.console) if item.get("kind") == "video" else _print_dry_run(item))
             bar.advance(task)
+
+        for item in _run(photos, options, dry_run, in_place, workers, manifest):
+            done(item)
+        for src, dst in videos:  # one at a time, in this process: a video keeps every core busy
+            if any(it.get("fatal") for it in items):
+                break
+            done(process_video(src, dst, options, dry_run, in_place, bar))
     summary = _summary(items, dry_run)
     _print_summary(summary)
     if report is not None:
         from veil import __version__
 
         doc = {"veil": __version__, "options": options.to_json(), "summary": summary, "images": items}
-        report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(report, json.dumps(doc, indent=2).encode())
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(report, json.dumps(doc, indent=2).encode())
+        except OSError as exc:  # a full disk, a read-only folder, a parent that is a file
+            raise VeilError(f"cannot write the report {report}: {exc.strerror or exc}") from None
         console.print(f"report: {report}", highlight=False)
     fatal = next((it for it in items if it.get("fatal")), None)
     if fatal is not None:

@@ -12,6 +12,25 @@ from dataclasses import dataclass
 from veil.errors import ImageError
 
 
+#: Pixels per byte of file that the flattest *valid* file of each kind stays under, with
+#: a wide margin (measured with Pillow 13 on a flat grey image, the best case for every
+#: codec): JPEG needs at least one Huffman code per 8x8 block and channel, so even a flat
+#: progressive JPEG stays under ~170 px/byte and real photos under 50 (the evaluation set's
+#: highest is 41); lossy WEBP (VP8) flat ~560. Lossless codecs (PNG, TIFF, BMP RLE,
+#: lossless WEBP) and HEIF code a flat area in almost nothing (flat lossless WEBP reaches
+#: 23,000 px/byte at 16 MP, flat HEIF 3,900), so their bound only catches headers that
+#: no pixel data backs (a truncated or forged file, which decoders still expand in full).
+LOSSY_PIXELS_PER_BYTE = 1000
+LOSSLESS_PIXELS_PER_BYTE = 100_000
+#: Below this many pixels decoding is cheap whatever the ratio: the rule is not applied.
+RATIO_MIN_PIXELS = 1_000_000
+
+
+def is_lossy(fmt: str, data: bytes) -> bool:
+    """JPEG, and WEBP whose first chunk is lossy ``VP8 `` (``VP8L``/``VP8X`` may be lossless)."""
+    return fmt == "jpeg" or (fmt == "webp" and data[12:16] == b"VP8 ")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Largest input accepted; the defaults fit any camera or scanner photo."""
@@ -19,6 +38,34 @@ class Limits:
     max_bytes: int = 100 * 1024 * 1024
     max_pixels: int = 150_000_000
     max_side: int = 30_000
+    #: pixels per byte of file, for lossy formats / for the others (``None``: no check)
+    max_pixels_per_byte: float | None = None
+    max_pixels_per_byte_lossless: float | None = None
+    #: seconds decoding one image may take (``None``: no budget)
+    max_decode_seconds: float | None = None
+
+    def check_ratio(self, width: int, height: int, nbytes: int, fmt: str, data: bytes = b"") -> None:
+        """Refuse a header announcing far more pixels than the file's bytes could encode."""
+        lossy = is_lossy(fmt, data)
+        bound = self.max_pixels_per_byte if lossy else self.max_pixels_per_byte_lossless
+        pixels = width * height
+        if bound is None or pixels <= RATIO_MIN_PIXELS or nbytes <= 0:
+            return
+        ratio = pixels / nbytes
+        if ratio > bound:
+            raise ImageError(
+                f"image is too large for its file: {width}x{height} from {nbytes:,} bytes is {ratio:,.0f} pixels "
+                f"per byte; the pixels-per-byte rule allows {bound:,.0f} for {'lossy' if lossy else 'lossless'} "
+                f"{fmt.upper()}: refused as a possible decompression bomb"
+            )
+
+    def check_decode_time(self, started: float, now: float) -> None:
+        """``started``/``now`` from ``time.perf_counter()``; over the decode-time budget → error."""
+        if self.max_decode_seconds is not None and now - started > self.max_decode_seconds:
+            raise ImageError(
+                f"decoding exceeds the decode-time budget of {self.max_decode_seconds:g} s: "
+                "refused as too large to decode"
+            )
 
     def check_bytes(self, n: int) -> None:
         if n > self.max_bytes:

@@ -93,6 +93,19 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+class _DeadlineReader(io.BytesIO):
+    """The file as Pillow reads it, chunk by chunk: past the decode-time budget the next
+    read fails, so a long decode stops within one chunk (Pillow reads 64 KB at a time)."""
+
+    def __init__(self, data: bytes, limits: Limits, started: float):
+        super().__init__(data)
+        self._limits, self._started = limits, started
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._limits.check_decode_time(self._started, time.perf_counter())
+        return super().read(size)
+
+
 def _read(source: bytes | bytearray | memoryview | Path | str, limits: Limits) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -119,8 +132,9 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
+            im = Image.open(_DeadlineReader(data, limits, t0), formats=_PIL_FORMATS[fmt])
             limits.check_size(*im.size)
+            limits.check_ratio(*im.size, len(data), fmt, data)
             im.load()
     except ImageError:
         raise
@@ -144,6 +158,7 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
         rgb, alpha, icc = _to_rgb(upright, icc)
     except Exception as exc:
         raise ImageError(f"cannot convert {fmt.upper()} image in mode {mode}: {exc}") from None
+    limits.check_decode_time(t0, time.perf_counter())
     if icc is None:
         safe.pop("icc", None)
     else:

@@ -28,16 +28,34 @@ SAFE_METADATA = ("icc", "orientation", "dpi", "copyright", "artist", "datetime")
 _COLOR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
-def parse_color(value: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+def parse_color(value: Any, field: str = "color") -> tuple[int, int, int]:
+    """``#RRGGBB`` (``#`` optional) or three integers 0-255; anything else is an error."""
     if isinstance(value, (tuple, list)):
-        if len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value):
+        if len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value):
             return (int(value[0]), int(value[1]), int(value[2]))
-        raise OptionsError("color must be three integers 0-255", field="color")
-    m = _COLOR_RE.match(str(value).strip())
+        raise OptionsError(f"{field} must be #RRGGBB or three integers 0-255", field=field)
+    m = _COLOR_RE.match(value.strip()) if isinstance(value, str) else None
     if not m:
-        raise OptionsError(f"color must look like #RRGGBB, got {value!r}", field="color")
+        raise OptionsError(f"{field} must look like #RRGGBB, got {value!r}", field=field)
     h = m.group(1)
     return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _str_list(name: str, value: Any) -> tuple[str, ...]:
+    """A list of strings, or one comma-separated string (the CLI's ``--targets face,plate``)."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise OptionsError(f"{name} must be a list of strings; got {value!r}", field=name)
 
 
 @dataclass
@@ -87,9 +105,9 @@ class Options:
 
     # -- validation -------------------------------------------------------------------
     def validate(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
-        self.targets = tuple(dict.fromkeys(self.targets))
+        """Check every field against its one type and range (``bool`` is never a number,
+        a string is never a boolean): a wrong type is an :class:`OptionsError` naming it."""
+        self.targets = tuple(dict.fromkeys(_str_list("targets", self.targets)))
         if not self.targets:
             raise OptionsError("choose at least one target", field="targets")
         for t in self.targets:
@@ -99,49 +117,57 @@ class Options:
         _choice("style", self.style, STYLES)
         if self.shape is not None:
             _choice("shape", self.shape, SHAPES)
-        if isinstance(self.color, (str, list)):
-            self.color = parse_color(self.color)
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not 0 <= self.strength <= 100:
+        self.color = parse_color(self.color)
+        if not _is_number(self.strength) or not 0 <= self.strength <= 100:
             raise OptionsError("strength must be a number from 0 to 100", field="strength")
         self.strength = int(round(self.strength))
-        if not isinstance(self.feather, (int, float)) or not 0 <= self.feather <= 1:
+        if not _is_number(self.feather) or not 0 <= self.feather <= 1:
             raise OptionsError("feather must be a number from 0 to 1", field="feather")
-        if not isinstance(self.margin, (int, float)) or not 1.0 <= self.margin <= 3.0:
+        if not _is_number(self.margin) or not 1.0 <= self.margin <= 3.0:
             raise OptionsError("margin must be a number from 1.0 to 3.0", field="margin")
+        if self.verify is not None and not isinstance(self.verify, bool):
+            raise OptionsError(f"verify must be true or false; got {self.verify!r}", field="verify")
+        if not isinstance(self.hide_heads, bool):
+            raise OptionsError(f"hide_heads must be true or false; got {self.hide_heads!r}", field="hide_heads")
         if self.format is not None:
-            fmt = str(self.format).lower()
+            if not isinstance(self.format, str):
+                raise OptionsError(f"format must be one of {', '.join(FORMATS)}; got {self.format!r}", field="format")
+            fmt = self.format.lower()
             fmt = {"jpg": "jpeg", "jfif": "jpeg", "heic": "heif", "tif": "tiff"}.get(fmt, fmt)
             _choice("format", fmt, FORMATS)
             self.format = fmt
-        if self.quality is not None and (not isinstance(self.quality, int) or not 1 <= self.quality <= 100):
+        if self.quality is not None and (not _is_int(self.quality) or not 1 <= self.quality <= 100):
             raise OptionsError("quality must be an integer from 1 to 100", field="quality")
-        if isinstance(self.keep_metadata, str):
-            self.keep_metadata = tuple(k.strip() for k in self.keep_metadata.split(",") if k.strip())
+        self.keep_metadata = _str_list("keep_metadata", self.keep_metadata)
         for k in self.keep_metadata:
             _choice("keep_metadata", k, SAFE_METADATA)
         if self.video_codec is not None:
             _choice("video_codec", self.video_codec, VIDEO_CODECS)
-        if self.video_quality is not None and (isinstance(self.video_quality, bool) or not isinstance(self.video_quality, int)
-                                               or not 0 <= self.video_quality <= 51):  # fmt: skip
+        if self.video_quality is not None and (not _is_int(self.video_quality) or not 0 <= self.video_quality <= 51):
             raise OptionsError("video_quality must be an integer from 0 to 51 (CRF)", field="video_quality")
         _choice("audio", self.audio, AUDIO_MODES)
-        if isinstance(self.track_extend, bool) or not isinstance(self.track_extend, int) or not 0 <= self.track_extend <= 50:
+        if not _is_int(self.track_extend) or not 0 <= self.track_extend <= 50:
             raise OptionsError("track_extend must be an integer from 0 to 50 (frames)", field="track_extend")
         per: dict[str, TargetStyle] = {}
-        for target, ts in dict(self.per_target).items():
+        if not isinstance(self.per_target, Mapping):
+            raise OptionsError('per_target must be an object like {"plate": {"style": "fill"}}', field="per_target")
+        for target, ts in self.per_target.items():
+            where = f"per_target.{target}"
             if target not in TARGETS + ("head",):
                 raise OptionsError(f"unknown target {target!r} in per-target styles", field="per_target")
             if isinstance(ts, Mapping):
                 unknown = set(ts) - {"style", "shape", "color"}
                 if unknown:
-                    raise OptionsError(f"unknown per-target field(s): {', '.join(sorted(unknown))}", field="per_target")
+                    raise OptionsError(f"unknown per-target field(s): {', '.join(sorted(map(str, unknown)))}", field=where)
                 ts = TargetStyle(**ts)
+            elif not isinstance(ts, TargetStyle):
+                raise OptionsError(f'{where} must be an object like {{"style": "fill"}}; got {ts!r}', field=where)
             if ts.style is not None:
                 _choice(f"{target}_style", ts.style, STYLES)
             if ts.shape is not None:
                 _choice(f"{target}_shape", ts.shape, SHAPES)
             if ts.color is not None:
-                ts.color = parse_color(ts.color)
+                ts.color = parse_color(ts.color, field=f"{target}_color")
             per[target] = ts
         self.per_target = per
 
@@ -172,7 +198,7 @@ class Options:
             raise OptionsError("options must be a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        per: dict[str, dict[str, Any]] = {k: dict(v) for k, v in dict(data.get("per_target") or {}).items()}
+        per: dict[str, dict[str, Any]] = _per_target_mapping(data.get("per_target"))
         for key, value in data.items():
             if key == "per_target" or value is None:
                 continue
@@ -180,11 +206,9 @@ class Options:
             if m:
                 per.setdefault(m.group(1), {})[m.group(2)] = value
             elif key in names:
-                kwargs[key] = tuple(value) if isinstance(value, list) and key in ("targets", "keep_metadata") else value
+                kwargs[key] = value
             else:
                 raise OptionsError(f"unknown option {key!r}", field=key)
-        if "color" in kwargs:
-            kwargs["color"] = parse_color(kwargs["color"])
         kwargs["per_target"] = per
         try:
             return cls(**kwargs)
@@ -214,6 +238,21 @@ class Options:
         return out
 
 
+def _per_target_mapping(raw: Any) -> dict[str, dict[str, Any]]:
+    """``per_target`` from JSON/TOML: an object of objects, checked before it is copied."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise OptionsError('per_target must be an object like {"plate": {"style": "fill"}}', field="per_target")
+    out: dict[str, dict[str, Any]] = {}
+    for target, value in raw.items():
+        if not isinstance(value, Mapping):
+            raise OptionsError(f'per_target.{target} must be an object like {{"style": "fill"}}; got {value!r}',
+                               field=f"per_target.{target}")
+        out[str(target)] = dict(value)
+    return out
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise OptionsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}", field=name)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 import veil
 from veil.server.audit import AuditLog
 from veil.server.config import ServerConfig, ensure_private_dir
+from veil.server.headers import SecurityHeaders
 from veil.server.jobs import JobManager, Pipeline, Principal
 from veil.server.keys import KeyManager
 from veil.server.problems import Problem, install
@@ -132,6 +133,7 @@ def create_app(
     )
     app.state.veil = state
     install(app)
+    app.add_middleware(SecurityHeaders)
 
     from veil.server import routes_jobs, routes_misc
 
@@ -157,6 +159,16 @@ def create_app(
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.veil
+
+
+def caller_if_authorized(request: Request) -> Principal | None:
+    """The caller as :func:`principal` sees it, or ``None`` where it would answer 401."""
+    try:
+        return principal(request)
+    except Problem as exc:
+        if exc.status == 401:
+            return None
+        raise
 
 
 def principal(request: Request) -> Principal:

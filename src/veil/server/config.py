@@ -13,7 +13,10 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from veil.imageio.limits import Limits
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
@@ -53,6 +56,15 @@ class ServerLimits:
     max_images_per_job: int = 100
     #: Pixels of one image (width x height, read from its header) → 413.
     max_pixels: int = 150_000_000
+    #: Pixels of all the images of one request together (from their headers) → 413.
+    max_request_pixels: int = 1_000_000_000
+    #: Pixels per byte of file an image may announce (the ratio rule, images over 1 MP)
+    #: → 413: for JPEG and lossy WEBP, and for the lossless formats and HEIF, which code
+    #: flat areas in almost nothing (see ``veil.imageio.limits`` for how these were chosen).
+    max_pixels_per_byte: int = 1000
+    max_pixels_per_byte_lossless: int = 100_000
+    #: Seconds decoding one image may take → that image fails (413 in a synchronous call).
+    max_decode_seconds: float = 30.0
     #: Queued + processing jobs per key (or per server in open mode when set) → 429.
     max_concurrent_jobs_per_key: int = 4
     #: Regions in one ``/render`` call → 422.
@@ -66,6 +78,18 @@ class ServerLimits:
     #: Bytes of encrypted spool files (video uploads and results) on disk; above it new
     #: video jobs get 503 + Retry-After until results are downloaded, deleted or expire.
     max_spool_bytes: int = 16 * 1024 * 1024 * 1024
+
+    def image_limits(self) -> "Limits":
+        """The :class:`veil.imageio.Limits` every upload is held to (header and decode)."""
+        from veil.imageio.limits import Limits
+
+        return Limits(
+            max_bytes=self.max_file_bytes,
+            max_pixels=self.max_pixels,
+            max_pixels_per_byte=self.max_pixels_per_byte,
+            max_pixels_per_byte_lossless=self.max_pixels_per_byte_lossless,
+            max_decode_seconds=self.max_decode_seconds,
+        )
 
 
 @dataclass
@@ -155,7 +179,7 @@ class ServerConfig:
         for name in limit_types:
             raw = env.get(f"VEIL_SERVER_{name.upper()}")
             if raw is not None:
-                limit_kwargs[name] = int(raw)
+                limit_kwargs[name] = float(raw) if name in _FLOAT_LIMITS else int(raw)
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -171,6 +195,7 @@ class ServerConfig:
         return cls(**kwargs)
 
 
+_FLOAT_LIMITS = {"max_decode_seconds"}
 _BOOL_FIELDS = {"allow_private_webhooks", "serve_web"}
 _FLOAT_FIELDS = {"ttl", "sweep_interval", "sync_wait", "webhook_timeout", "webhook_backoff", "webhook_max_seconds"}
 _INT_FIELDS = {"port", "workers", "queue_size", "sync_concurrency", "default_quota_per_day", "webhook_concurrency"}

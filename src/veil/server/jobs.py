@@ -25,7 +25,7 @@ from veil.errors import ImageError, ModelError, OptionsError, VeilError
 from veil.pipeline.options import Options
 from veil.server.audit import AuditLog, sum_counts
 from veil.server.config import ServerConfig
-from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, seconds_to_utc_midnight
+from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, seconds_to_utc_midnight, utc_day
 from veil.server.problems import Problem
 from veil.server.queue import JobQueue, QueueFull
 from veil.server.store import Store, dumps, loads
@@ -48,6 +48,12 @@ class Principal:
     @property
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
+
+
+def owns(row: dict[str, Any], principal: Principal) -> bool:
+    """A job belongs to the key that created it; one created without a key (open local
+    mode, ``--no-require-keys``) belongs to "anonymous" only, never to a key."""
+    return row["key_id"] == principal.key_id
 
 
 @dataclass
@@ -166,10 +172,7 @@ class Pipeline:
             except (TypeError, ValueError):
                 self._accepts_limits = False
         if self._accepts_limits:
-            from veil.imageio.limits import Limits
-
-            lim = self.config.limits
-            kwargs["limits"] = Limits(max_bytes=lim.max_file_bytes, max_pixels=lim.max_pixels)
+            kwargs["limits"] = self.config.limits.image_limits()
         return fn(data, options, **kwargs)
 
 
@@ -205,12 +208,28 @@ class JobManager:
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         # Results never outlive the process: rows from an earlier run point at nothing.
+        self._refund_lost_jobs()
         self.store.execute("DELETE FROM jobs")
         self.queue.start(self.process)
         self.webhooks.start()
         self._stop.clear()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="veil-sweeper", daemon=True)
         self._sweeper.start()
+
+    def _refund_lost_jobs(self) -> None:
+        """Give back the quota of jobs an earlier process never finished (killed or
+        stopped): they are lost (404 from now on), so they must not count against a key."""
+        with self.store.transaction() as conn:
+            lost = conn.execute(
+                "SELECT key_id, created, n_images FROM jobs WHERE key_id IS NOT NULL AND status IN ('queued', 'processing')"
+            ).fetchall()
+            for key_id, created, n in lost:
+                conn.execute(
+                    "UPDATE usage SET images = MAX(0, images - ?) WHERE key_id = ? AND day = ?",
+                    (int(n), key_id, utc_day(created)),
+                )
+        if lost:
+            log.info("%d unfinished job(s) from an earlier run are lost; their quota is given back", len(lost))
 
     def stop(self) -> None:
         self._stop.set()
@@ -489,7 +508,7 @@ class JobManager:
     # -- reading -----------------------------------------------------------------------------
     def _row(self, job_id: str, principal: Principal) -> dict[str, Any]:
         row = self.store.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if row is None or (row["key_id"] is not None and row["key_id"] != principal.key_id):
+        if row is None or not owns(row, principal):
             raise Problem(404, f"no job {job_id!r} (it may have expired or been deleted)", slug="not-found")
         if row["status"] not in ACTIVE and row["expires_at"] <= time.time():
             self._forget(job_id)
@@ -609,7 +628,7 @@ class JobManager:
     # -- deleting ----------------------------------------------------------------------------
     def delete_job(self, job_id: str, principal: Principal) -> None:
         row = self.store.one("SELECT key_id FROM jobs WHERE id = ?", (job_id,))
-        if row is None or (row["key_id"] is not None and row["key_id"] != principal.key_id):
+        if row is None or not owns(row, principal):
             raise Problem(404, f"no job {job_id!r}", slug="not-found")
         self.queue.cancel(job_id)
         self._forget(job_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -14,9 +13,11 @@ from veil.errors import OptionsError
 from veil.pipeline.options import Options
 from veil.server.app import get_state, principal
 from veil.server.jobs import Principal, Upload
+from veil.server.jsonfield import load_json
 from veil.server.problems import PROBLEM_JSON, Problem, field_error, options_problem
 from veil.server.ranges import ranged_response
-from veil.server.uploads import Form, UploadLimits, check_image, read_multipart, shred_spools
+from veil.server.config import ServerLimits
+from veil.server.uploads import Form, UploadLimits, check_image, header_pixels, read_multipart, shred_spools
 from veil.server.webhooks import WebhookURLError, check_callback_url
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -65,15 +66,7 @@ _IMAGE_RESPONSE = {200: {"description": "The anonymized image", "content": {"ima
 def parse_options(raw: str | None, field: str = "options") -> Options:
     if raw is None or not raw.strip():
         return Options()
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Problem(
-            422,
-            f"{field} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            slug="invalid-options",
-            errors=[field_error(field, f"not valid JSON: {exc.msg}")],
-        ) from None
+    data = load_json(raw, field, "invalid-options")
     if not isinstance(data, dict):
         raise Problem(422, f"{field} must be a JSON object", slug="invalid-options",
                       errors=[field_error(field, "must be a JSON object")])
@@ -105,11 +98,19 @@ def reject_unknown_fields(form: Form, allowed: set[str]) -> None:
         )
 
 
-def _check_all(parts: list, max_pixels: int) -> None:
+def _check_all(parts: list, lim: ServerLimits) -> None:
+    """Every image's header (415/413), then the request's pixel budget: the sum over its images."""
+    image_limits = lim.image_limits()
+    total = 0
     for i, p in enumerate(parts):
         if p.spool is not None:  # a video: the video core checks it (a per-file failure)
             continue
-        check_image(p, i, max_pixels)
+        check_image(p, i, image_limits)
+        total += header_pixels(p)
+        if total > lim.max_request_pixels:
+            msg = (f"the images of this request announce more than {lim.max_request_pixels:,} pixels together "
+                   f"(the per-request pixel budget), {total:,} up to files[{i}]; send them in several jobs")
+            raise Problem(413, msg, slug="request-pixels", errors=[field_error(f"files[{i}]", msg)])
 
 
 @router.post(
@@ -154,7 +155,7 @@ async def _create_job(request: Request, state: Any, form: Form, who: Principal) 
             )
         except WebhookURLError as exc:
             raise Problem(422, str(exc), slug="invalid-callback-url", errors=[field_error("callback_url", str(exc))]) from None
-    await run_in_threadpool(_check_all, parts, lim.max_pixels)
+    await run_in_threadpool(_check_all, parts, lim)
     uploads = [Upload(p.data, p.filename, spool=p.spool) for p in parts]
     del form, parts
     body = await run_in_threadpool(

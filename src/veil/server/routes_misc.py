@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 import veil
 from veil.detection.types import ALL_KINDS, Detection
-from veil.server.app import get_state, principal
+from veil.server.app import caller_if_authorized, get_state, principal
 from veil.server.jobs import Principal, detection_counts
+from veil.server.jsonfield import load_json
 from veil.server.problems import Problem, field_error
 from veil.server.routes_jobs import _ERRORS, parse_options, reject_unknown_fields
 from veil.server.uploads import EXTENSIONS, Part, UploadLimits, check_image, read_multipart
@@ -106,7 +107,7 @@ async def anonymize(
 ) -> Response:
     state = get_state(request)
     part, fields = await _read_single(request, set())
-    await run_in_threadpool(check_image, part, None, state.config.limits.max_pixels, "file")
+    await run_in_threadpool(check_image, part, None, state.config.limits.image_limits(), "file")
     opts = parse_options(fields.get("options") if fields.get("options") is not None else options)
     result = await run_in_threadpool(state.jobs.run_sync, part.data, opts, who, event="anonymize")
     return _image_response(result, "anonymized")
@@ -116,11 +117,7 @@ def parse_regions(raw: str | None, max_regions: int) -> list[Detection]:
     if raw is None or not raw.strip():
         raise Problem(422, "send 'regions': a JSON list of {target, box}", slug="validation-error",
                       errors=[field_error("regions", "required")])
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Problem(422, f"regions is not valid JSON: {exc.msg}", slug="invalid-regions",
-                      errors=[field_error("regions", f"not valid JSON: {exc.msg}")]) from None
+    data = load_json(raw, "regions", "invalid-regions")
     if not isinstance(data, list):
         raise Problem(422, "regions must be a JSON list", slug="invalid-regions",
                       errors=[field_error("regions", "must be a list")])
@@ -179,29 +176,43 @@ async def render(request: Request, who: Principal = Depends(principal)) -> Respo
         raise Problem(415, "send multipart/form-data with 'file' and 'regions'", slug="unsupported-media-type")
     part, fields = await _read_single(request, {"regions"})
     regions = parse_regions(fields.get("regions"), state.config.limits.max_regions)
-    await run_in_threadpool(check_image, part, None, state.config.limits.max_pixels, "file")
+    await run_in_threadpool(check_image, part, None, state.config.limits.image_limits(), "file")
     opts = parse_options(fields.get("options"))
     result = await run_in_threadpool(state.jobs.run_sync, part.data, opts, who, event="render", regions=regions)
     return _image_response(result, "rendered")
 
 
-@router.get("/health", tags=["server"], summary="Liveness, queue and auth mode")
+@router.get("/health", tags=["server"], summary="Liveness and auth mode; queue and limits for authorized callers")
 async def health(request: Request) -> dict[str, Any]:
+    """Public: whether the server is up (and if keys are needed). Queue counts, held
+    bytes and limits only for a valid key, or anyone in open local mode."""
     state = get_state(request)
     pipeline_ok = await run_in_threadpool(state.pipeline.available)
-    return {
+    public: dict[str, Any] = {
         "status": "ok" if pipeline_ok else "degraded",
-        "version": veil.__version__,
         "auth": "keys" if await run_in_threadpool(state.auth_required) else "open",
         "pipeline": "ready" if pipeline_ok else "unavailable",
+    }
+    if await run_in_threadpool(caller_if_authorized, request) is None:
+        return public
+    lim = state.config.limits
+    return {
+        **public,
+        "version": veil.__version__,
         "queue": state.queue.stats(),
         "held_bytes": state.jobs.held_bytes,
         "ttl_seconds": state.config.ttl,
         "limits": {
-            "max_request_bytes": state.config.limits.max_request_bytes,
-            "max_file_bytes": state.config.limits.max_file_bytes,
-            "max_images_per_job": state.config.limits.max_images_per_job,
-            "max_pixels": state.config.limits.max_pixels,
+            "max_request_bytes": lim.max_request_bytes,
+            "max_file_bytes": lim.max_file_bytes,
+            "max_video_bytes": lim.max_video_bytes,
+            "max_images_per_job": lim.max_images_per_job,
+            "max_pixels": lim.max_pixels,
+            "max_request_pixels": lim.max_request_pixels,
+            "max_pixels_per_byte": lim.max_pixels_per_byte,
+            "max_pixels_per_byte_lossless": lim.max_pixels_per_byte_lossless,
+            "max_decode_seconds": lim.max_decode_seconds,
+            "max_regions": lim.max_regions,
         },
     }
 

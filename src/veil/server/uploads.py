@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from veil.server.problems import Problem, field_error
@@ -33,6 +33,8 @@ CONTENT_TYPES = {
     "tiff": "image/tiff",
     "bmp": "image/bmp",
 }
+#: How errors name the accepted formats.
+FORMAT_NAMES = "JPEG, PNG, WEBP, HEIC, TIFF or BMP"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "heif": "heic", "tiff": "tif", "bmp": "bmp"}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 
@@ -211,6 +213,8 @@ async def read_multipart(request: Request, limits: UploadLimits) -> Form:
             if total - counts["spooled"] > limits.max_request_bytes:
                 raise _too_large(limits)
         parser.finalize()
+        if parser.state != MultipartState.END:  # the parser itself never says so
+            raise FormParserError("the body ends before its closing boundary")
     except BaseException as exc:
         shred_spools(form)  # a refused or broken upload leaves nothing on disk
         if state.get("spool") is not None:
@@ -279,12 +283,18 @@ def _fallback_sniff(data: bytes) -> str | None:
     return None
 
 
-def check_image(part: Part, index: int | None, max_pixels: int, field: str = "files") -> str:
-    """Sniff ``part``; refuse non-images (415) and headers announcing too many pixels (413).
+def check_image(part: Part, index: int | None, limits: Any, field: str = "files") -> str:
+    """Sniff ``part``; refuse non-images (415) and headers announcing too many pixels, or
+    far more pixels than the file's bytes could hold (the ratio rule), with 413.
 
+    ``limits`` is a :class:`veil.imageio.Limits` (or, as before, the pixel limit alone).
     Only the header is read here (dimensions); decoding and every other check happen in
     :mod:`veil.imageio` when the pipeline loads the image.
     """
+    from veil.errors import ImageError
+    from veil.imageio.limits import Limits
+
+    lim = limits if isinstance(limits, Limits) else Limits(max_bytes=1 << 62, max_pixels=int(limits))
     where = f"{field}[{index}]" if index is not None else field
     fmt = sniff_format(part.data)
     if fmt is None and _is_video(part.data[:_SNIFF_BYTES]):
@@ -297,9 +307,9 @@ def check_image(part: Part, index: int | None, max_pixels: int, field: str = "fi
     if fmt is None:
         raise Problem(
             415,
-            f"{where} is not a supported image (JPEG, PNG, WEBP, HEIC or TIFF), whatever its name or declared type says",
+            f"{where} is not a supported image ({FORMAT_NAMES}), whatever its name or declared type says",
             slug="unsupported-media-type",
-            errors=[field_error(where, "not a JPEG, PNG, WEBP, HEIC or TIFF image")],
+            errors=[field_error(where, f"not a {FORMAT_NAMES} image")],
         )
     try:
         size = header_size(part.data)
@@ -311,21 +321,22 @@ def check_image(part: Part, index: int | None, max_pixels: int, field: str = "fi
             errors=[field_error(where, "possible decompression bomb")],
         ) from None
     if size is not None:
-        w, h = size
         try:
-            from veil.imageio.limits import Limits
-        except ImportError:
-            too_big = w * h > max_pixels
-            msg = f"image is too large ({w}x{h}; limit {max_pixels:,} pixels)"
-        else:
-            try:
-                Limits(max_bytes=1 << 62, max_pixels=max_pixels).check_size(w, h)
-                too_big, msg = False, ""
-            except Exception as exc:  # ImageError
-                too_big, msg = True, str(exc)
-        if too_big:
-            raise Problem(413, f"{where}: {msg}", slug="image-too-large", errors=[field_error(where, msg)])
+            lim.check_size(*size)
+            lim.check_ratio(*size, len(part.data), fmt, part.data)
+        except ImageError as exc:
+            msg = str(exc)
+            raise Problem(413, f"{where}: {msg}", slug="image-too-large", errors=[field_error(where, msg)]) from None
     return fmt
+
+
+def header_pixels(part: Part) -> int:
+    """Width x height from ``part``'s header (0 when it cannot be read cheaply)."""
+    try:
+        size = header_size(part.data)
+    except _Bomb:
+        return 0
+    return size[0] * size[1] if size else 0
 
 
 class _Bomb(Exception):
