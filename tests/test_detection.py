@@ -179,6 +179,28 @@ def test_plate_found(engine):
     assert iou_matrix(np.array([plates[0].box]), np.array([plate], dtype=np.float32))[0, 0] > 0.5
 
 
+def test_plates_need_evidence(engine, photos):
+    """A weak plate box is kept on a vehicle (the bus) and dropped on a person (the
+    astronaut's suit patch, which the plate model takes for a plate at 0.24); a confident
+    plate needs no vehicle (the drawn car rear, which NanoDet does not see as a car)."""
+    from veil.detection.engine import with_evidence
+
+    plan = engine.plan("plate")
+    assert 0 < plan.evidence_score <= 0.5
+    yolo = engine._model("plate-yolov8n")
+    astro = rgb_of(photos["astronaut"])
+    assert [d for d in yolo.run(astro, 640, 0.05) if d.score < plan.evidence_score]  # the stray candidate
+    assert not by_target(engine.detect(astro, ("plate",)), "plate")
+    bus = by_target(engine.detect(rgb_of(photos["bus"]), ("plate",)), "plate")
+    assert bus and all(d.score < plan.evidence_score for d in bus)  # weak, kept: it is on the bus
+    rgb, plate = car_with_plate()
+    assert by_target(engine.detect(rgb, ("plate",)), "plate")[0].score >= plan.evidence_score
+    weak = Detection("plate", 0.2, (10.0, 10.0, 30.0, 20.0))
+    assert with_evidence([weak], np.array([[0, 0, 100, 100]], np.float32), 0.5) == [weak]
+    assert with_evidence([weak], np.array([[25, 0, 100, 100]], np.float32), 0.5) == []  # centre (20, 15) off it
+    assert with_evidence([weak], np.zeros((0, 4), np.float32), 0.2) == [weak]
+
+
 def test_permissive_engine_covers_all_targets(photos):
     from veil.detection.engine import Engine
 
@@ -291,3 +313,64 @@ def test_worker_processes_get_huge_pages(monkeypatch):
     with huge_pages_for_children():
         pass
     assert "GLIBC_TUNABLES" not in os.environ
+
+
+def _reference_vote(cands, plan):
+    """vote() as it was: the full N x N IoU matrix (small N only)."""
+    dets = [d for _, d in cands]
+    passes = [i for i, _ in cands]
+    boxes = np.array([d.box for d in dets], np.float32)
+    scores = np.array([d.score for d in dets], np.float32)
+    ious = iou_matrix(boxes, boxes)
+    used = np.zeros(len(dets), bool)
+    out = []
+    for i in np.argsort(-scores, kind="stable"):
+        if used[i]:
+            continue
+        members = np.where((ious[i] > plan.cluster_iou) & ~used)[0]
+        used[members] = True
+        best: dict[int, float] = {}
+        for m in members:
+            best[passes[m]] = max(best.get(passes[m], 0.0), float(scores[m]))
+        if any(s >= plan.passes[k].accept for k, s in best.items()) or (len(best) >= 2 and sum(best.values()) >= plan.agree):
+            out.append(dets[i])
+    return out
+
+
+def _random_candidates(rng, n, width, height, sizes):
+    xy = rng.uniform(0, 1, (n, 2)) * [width, height]
+    wh = rng.uniform(*sizes, (n, 2)) * rng.choice([1.0, 1.0, 1.0, 6.0], (n, 1))  # a few large boxes among small ones
+    return [(int(rng.integers(3)), Detection("face", float(rng.uniform(0.05, 1)), (x, y, x + w, y + h))) for (x, y), (w, h) in zip(xy, wh)]
+
+
+def test_vote_clusters_as_the_full_matrix_did():
+    from veil.detection.engine import vote
+    from veil.detection.presets import Pass, Plan
+
+    rng = np.random.default_rng(13)
+    for iou in (0.3, 0.5):
+        plan = Plan((Pass("a", 0.05, 0.7), Pass("b", 0.05, 0.8), Pass("c", 0.05, 0.9)), agree=0.6, cluster_iou=iou)
+        for _ in range(10):
+            cands = _random_candidates(rng, 300, 400, 300, (1, 40))
+            cands.append((0, Detection("face", 0.95, (5.0, 5.0, 5.0, 9.0))))  # no area: never kept
+            assert [id(d) for d in vote(cands, plan)] == [id(d) for d in _reference_vote(cands, plan)]
+
+
+def test_vote_on_a_crowd_never_builds_an_n_by_n_matrix():
+    """20,000 candidates of 10-16 px on a 1920 x 1080 photo: the N x N matrix alone would be
+    1.6 GB; the sweep stays within a few tens of MB."""
+    import tracemalloc
+
+    from veil.detection.engine import vote
+    from veil.detection.presets import Pass, Plan
+
+    cands = _random_candidates(np.random.default_rng(5), 20_000, 1920, 1080, (10, 16))
+    plan = Plan((Pass("a", 0.05, 0.7), Pass("b", 0.05, 0.8), Pass("c", 0.05, 0.9)), agree=0.6, cluster_iou=0.3)
+    tracemalloc.start()
+    try:
+        kept = vote(cands, plan)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 1000 < len(kept) < 20_000
+    assert peak < 120e6, peak

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from veil.detection.boxes import iou_matrix
+from veil.detection.boxes import neighbours
 from veil.detection.consistency import heads_without_faces
 from veil.detection.faces import CenterFace, YuNet
 from veil.detection.nanodet import VEHICLE_CLASSES, NanoDet, NanoDetOutputs
@@ -129,7 +129,11 @@ class Engine:
             if p.tiles and not tiles_run(plan, w, h):
                 continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
-        return vote(cands, plan)
+        out = vote(cands, plan)
+        if plan.evidence_score > 0 and any(d.score < plan.evidence_score for d in out):
+            vb, vs = self.vehicles(rgb, plan, cache)
+            out = with_evidence(out, vb[vs >= plan.evidence_vehicle_score], plan.evidence_score)
+        return out
 
     def _nanodet(self, rgb: np.ndarray, size: int, cache: dict[int, NanoDetOutputs]) -> NanoDetOutputs:
         fwd = cache.get(size)
@@ -137,6 +141,14 @@ class Engine:
             nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
             fwd = cache[size] = nd.forward(rgb, size)
         return fwd
+
+    def vehicles(self, rgb: np.ndarray, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vehicle boxes and scores (NanoDet at ``plan.vehicle_size``, the forward pass the
+        person passes share) down to the lower of the plan's two vehicle scores: the
+        zoomed crops' and the plates' evidence."""
+        fwd = self._nanodet(rgb, plan.vehicle_size, {} if cache is None else cache)
+        boxes, scores, _ = NanoDet.decode(fwd, min(plan.vehicle_score, plan.evidence_vehicle_score), VEHICLE_CLASSES)
+        return boxes, scores
 
     def vehicle_regions(
         self, rgb: np.ndarray, plan: Plan, size: int, cache: dict[int, NanoDetOutputs] | None = None
@@ -149,8 +161,8 @@ class Engine:
         h, w = rgb.shape[:2]
         long = max(h, w)
         whole = max((p.size for p in plan.passes if p.size and not (p.tiles or p.vehicles)), default=0) / long
-        fwd = self._nanodet(rgb, plan.vehicle_size, {} if cache is None else cache)
-        boxes, _, _ = NanoDet.decode(fwd, plan.vehicle_score, VEHICLE_CLASSES)
+        boxes, scores = self.vehicles(rgb, plan, cache)
+        boxes = boxes[scores >= plan.vehicle_score]
         zoom = np.minimum(plan.vehicle_px / np.maximum(boxes[:, 3] - boxes[:, 1], 1.0), size / long)
         keep = zoom >= plan.vehicle_gain * whole
         return merge_regions(boxes[keep], w, h, plan.vehicle_margin, zoom[keep])
@@ -205,24 +217,40 @@ def tiles_run(plan: Plan, width: int, height: int) -> bool:
     return width * height > plan.tile_above * 1e6
 
 
+def with_evidence(dets: list[Detection], vehicles: np.ndarray, confident: float) -> list[Detection]:
+    """``dets`` scoring at least ``confident``, and the others whose centre lies on one of
+    ``vehicles`` (N, 4): a plate is on a vehicle, and plate-like texture elsewhere (print
+    on a face mask, a watermark, a zipper) is not a plate."""
+    out = []
+    for d in dets:
+        cx, cy = (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2
+        on = (vehicles[:, 0] <= cx) & (cx <= vehicles[:, 2]) & (vehicles[:, 1] <= cy) & (cy <= vehicles[:, 3])
+        if d.score >= confident or bool(on.any()):
+            out.append(d)
+    return out
+
+
 def vote(cands: list[tuple[int, Detection]], plan: Plan) -> list[Detection]:
     """Cluster candidates of all passes; keep a cluster when one pass is sure of it
     (its ``accept``) or when >= 2 passes see it with summed scores >= ``plan.agree``.
     The kept box is the cluster's best-scoring one (geometry such as landmarks and
-    keypoints stays consistent with it)."""
+    keypoints stays consistent with it). Overlaps come from a sorted sweep
+    (:func:`~veil.detection.boxes.neighbours`), never an N x N matrix: a crowd yields tens
+    of thousands of candidates."""
     if not cands:
         return []
     dets = [d for _, d in cands]
     passes = [i for i, _ in cands]
     boxes = np.array([d.box for d in dets], dtype=np.float32)
     scores = np.array([d.score for d in dets], dtype=np.float32)
-    ious = iou_matrix(boxes, boxes)
+    ptr, nbrs = neighbours(boxes, plan.cluster_iou)
     used = np.zeros(len(dets), dtype=bool)
     out: list[Detection] = []
     for i in np.argsort(-scores, kind="stable"):
         if used[i]:
             continue
-        members = np.where((ious[i] > plan.cluster_iou) & ~used)[0]
+        members = nbrs[ptr[i] : ptr[i + 1]]
+        members = members[~used[members]]
         used[members] = True
         per_pass: dict[int, float] = {}
         for m in members:

@@ -11,7 +11,8 @@ YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo a
 take a second look where plates are small: on crops around the small and mid-sized
 vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
 pass is shared with the person passes), or on the whole photo at 1280 and tiles
-(``thorough``).
+(``thorough``). A plate box needs evidence: below even odds it is kept only on a vehicle
+that same NanoDet pass sees (``Plan.evidence_score``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class Plan:
     #: ... each crop is the vehicle's box grown by this share of its size on every side;
     #: overlapping crops merge, zoomed for their smallest vehicle
     vehicle_margin: float = 0.1
+    #: plates need evidence: a kept box scoring below this must have its centre on a
+    #: vehicle NanoDet sees (at ``vehicle_size``, score >= ``evidence_vehicle_score``);
+    #: character-like texture alone (a face mask's print, a watermark) is not a plate.
+    #: 0 = every voted box is kept
+    evidence_score: float = 0.0
+    #: ... the least vehicle score that counts as evidence: a second opinion on a box the
+    #: plate model already found, so lower than the score that earns a zoomed crop
+    evidence_vehicle_score: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,9 @@ class Preset:
 
 _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "nanodet", "plate-yolov8n"
 _YF = "face-yolo11m"
+#: a plate box this confident needs no vehicle under it (close-ups of a car's rear, where
+#: the vehicle fills the photo and NanoDet may not see it): the model's even odds
+PLATE_CONFIDENT = 0.5
 
 #: faces from the MIT-licensed models alone: CenterFace at 1x and upscaled, YuNet once
 _PERMISSIVE_FACE = Plan(
@@ -99,7 +111,7 @@ PRESETS: dict[str, Preset] = {
         name="fast",
         face=Plan((Pass(_CF, 0.2, 0.2, max_pixels=0.25e6),)),
         person=Plan((Pass(_ND, 0.3, 0.3, size=416),)),
-        plate=Plan((Pass(_PLATE, 0.05, 0.05, size=480),)),
+        plate=Plan((Pass(_PLATE, 0.05, 0.05, size=480),), evidence_score=PLATE_CONFIDENT),
     ),
     "balanced": Preset(
         name="balanced",
@@ -120,6 +132,7 @@ PRESETS: dict[str, Preset] = {
         plate=Plan(
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280, vehicles=True)),
             cluster_iou=0.5,
+            evidence_score=PLATE_CONFIDENT,
         ),
         permissive_face=_PERMISSIVE_FACE,
     ),
@@ -153,6 +166,7 @@ PRESETS: dict[str, Preset] = {
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280), Pass(_PLATE, 0.05, 0.05, size=1280, tiles=True)),
             cluster_iou=0.5,
             tile_above=4.0,
+            evidence_score=PLATE_CONFIDENT,
         ),
         permissive_face=Plan(
             (Pass(_CF, 0.05, 0.3), Pass(_CF, 0.05, 0.3, scale=2.0), Pass(_YN, 0.25, 0.3), Pass(_YN, 0.25, 0.3, scale=2.0)),
