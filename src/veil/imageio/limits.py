@@ -24,6 +24,10 @@ LOSSY_PIXELS_PER_BYTE = 1000
 LOSSLESS_PIXELS_PER_BYTE = 100_000
 #: Below this many pixels decoding is cheap whatever the ratio: the rule is not applied.
 RATIO_MIN_PIXELS = 1_000_000
+#: Deflate never compresses better than 1032:1, so a complete PNG holds at least one byte
+#: per 1032 bytes of raw rows: a provable bound (with margin) of 1100 x 8 / bits per pixel.
+_DEFLATE_MAX_RATIO = 1100
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
 def is_lossy(fmt: str, data: bytes) -> bool:
@@ -48,6 +52,8 @@ class Limits:
         """Refuse a header announcing far more pixels than the file's bytes could encode."""
         lossy = is_lossy(fmt, data)
         bound = self.max_pixels_per_byte if lossy else self.max_pixels_per_byte_lossless
+        if bound is not None and fmt == "png" and len(data) >= 26 and data[25] in _PNG_CHANNELS and data[24]:
+            bound = min(bound, _DEFLATE_MAX_RATIO * 8 / (data[24] * _PNG_CHANNELS[data[25]]))
         pixels = width * height
         if bound is None or pixels <= RATIO_MIN_PIXELS or nbytes <= 0:
             return
