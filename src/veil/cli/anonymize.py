@@ -30,7 +30,7 @@ from rich.text import Text
 from veil.cli.common import console, err_console, user_errors
 from veil.cli.lifeline import die_with_parent
 from veil.cli.paths import collect_images
-from veil.cli.resume import MANIFEST, Manifest, file_sha256, remove_stale_temporaries
+from veil.cli.resume import Manifest, file_sha256, remove_stale_temporaries
 from veil.cli.video import print_video_dry_run, process_video, video_extension
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import EXTENSIONS, atomic_write
@@ -215,10 +215,10 @@ def _resume(work: list[tuple[Path, Path]], output: Path | None, options: Options
     """``(to do, skipped items, manifest)``: removes a killed run's temporary files, and
     with ``--skip-existing`` (the default with ``-o``) leaves out complete outputs."""
     if skip and output is None:
-        raise OptionsError("--skip-existing needs -o/--output (its record of finished outputs lives there)")
+        raise OptionsError("--skip-existing needs -o/--output (it resumes a run into an output folder)")
     if dry_run:
         return work, [], None
-    remove_stale_temporaries([d for _, d in work] + ([output / MANIFEST] if output is not None else []))
+    remove_stale_temporaries(d for _, d in work)
     if output is None or skip is False:
         return work, [], None
     manifest = Manifest.load(output, options)
