@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from veil.cli.common import console, err_console, user_errors
+from veil.cli.common import console, err_console, record_failure, user_errors
 from veil.cli.lifeline import die_with_parent
 from veil.cli.paths import collect_images
 from veil.cli.resume import Manifest, file_sha256, remove_stale_temporaries
@@ -159,14 +159,8 @@ def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: b
         item.update(ok=True, report=report.to_json())
         if hashes:
             item["_hashes"] = (source_sha, file_sha256(dst))
-    except ModelError as exc:
-        item.update(error=str(exc), fatal=True)
-    except VeilError as exc:
-        item["error"] = str(exc)
-    except OSError as exc:
-        item["error"] = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-    except Exception as exc:  # a bug on one odd file must not lose the rest of the batch
-        item["error"] = f"internal error ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # noqa: BLE001 (recorded per file, see record_failure)
+        record_failure(item, exc)
     return item
 
 

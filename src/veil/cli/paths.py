@@ -7,10 +7,12 @@ from pathlib import Path
 from veil.errors import VeilError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff", ".bmp"})
+#: Videos picked up inside folders (the content decides what a file really is).
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv"})
 
 
 def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """``(file, root)`` pairs: every named file, and every image file under named folders.
+    """``(file, root)`` pairs: every named file, and every image or video file under named folders.
 
     ``root`` is the folder the file was found under (or the file's parent), so outputs can
     mirror the input tree. Files named explicitly are taken whatever their extension (the
@@ -20,7 +22,7 @@ def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
     for p in paths:
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not f.name.startswith("."):
                     out.append((f, p))
         elif p.is_file():
             out.append((p, p.parent))

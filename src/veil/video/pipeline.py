@@ -86,9 +86,10 @@ def _rewind(src: str | BinaryIO) -> str | BinaryIO:
 
 
 def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, progress: Progress | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> tuple[VideoInfo, list[list[Detection] | None], list[int]]:  # fmt: skip
-    """Pass 1: the wanted detections of every frame (None where detection was skipped) and
-    the shot number of every frame."""
+                 should_stop: Callable[[], bool] | None = None,
+                 ) -> tuple[VideoInfo, list[list[Detection] | None], list[int], list[float]]:  # fmt: skip
+    """Pass 1: the wanted detections of every frame (None where detection was skipped),
+    the shot number and the presentation time (seconds) of every frame."""
     if engine is None:
         from veil.detection.engine import get_engine
 
@@ -98,6 +99,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
     cuts = CutDetector()
     frames: list[list[Detection] | None] = []
     shots: list[int] = []
+    times: list[float] = []
     shot = 0
     try:
         for i, frame in enumerate(iter_frames(container)):
@@ -108,6 +110,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
                 shot += 1
             fresh = not shots or shots[-1] != shot
             shots.append(shot)
+            times.append(float(frame.time) if frame.time is not None else i / (info.fps or 25.0))
             if i % every == 0 or fresh:
                 frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
             else:
@@ -122,7 +125,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
         raise VideoError("the video has no frames that can be decoded")
     if info.frames and len(frames) < info.frames * 0.9 - 1:
         raise VideoError(f"truncated or corrupt video: {len(frames)} of {info.frames} frames could be decoded")
-    return info, frames, shots
+    return info, frames, shots, times
 
 
 def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | None, options: Options, *,
@@ -136,7 +139,7 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
     """
     src = str(src) if isinstance(src, Path) else src
     t0 = time.perf_counter()
-    info, frames, shots = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
+    info, frames, shots, _times = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
     t_detect = time.perf_counter()
     tp = plan(frames, shots, info.fps, extend=options.track_extend)
     rep = VideoReport(info=info, preset=options.preset, frames=len(frames), shots=shots[-1] + 1,

@@ -137,18 +137,24 @@ def _same_box(xyxy: np.ndarray, box: np.ndarray, taken: set[int]) -> int | None:
 
 def _join_fragments(tracks: list[Track], max_gap: int) -> list[Track]:
     """Join a track to an earlier one of the same kind and shot that ended shortly before
-    it started, close by: the same object, missed for a few frames."""
+    it started, where the earlier one was (or was heading): the same object, missed for a
+    few frames, or moving too fast for the tracker's overlap test."""
     tracks = sorted(tracks, key=lambda t: (t.group, t.shot, t.first))
     out: list[Track] = []
     for t in tracks:
         best, best_gap = None, None
+        start = _box(t.dets[t.first])
         for o in out:
             if o.group != t.group or o.shot != t.shot or o.last >= t.first:
                 continue
             gap = t.first - o.last
-            if gap <= max_gap and _near(_box(o.dets[o.last]), _box(t.dets[t.first]), gap):
-                if best_gap is None or gap < best_gap:
-                    best, best_gap = o, gap
+            if gap > max_gap or (best_gap is not None and gap >= best_gap):
+                continue
+            end = _box(o.dets[o.last])
+            recent = sorted(o.dets)[-3:]
+            v = (end - _box(o.dets[recent[0]])) / max(1, o.last - recent[0])
+            if _near(end, start, gap) or _near(end + v * gap, start, gap):
+                best, best_gap = o, gap
         if best is not None:
             best.dets.update(t.dets)
         else:
@@ -194,7 +200,7 @@ def plan(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
     filled = np.zeros(n, dtype=bool)
     counts: dict[str, int] = {}
     lost: list[dict] = []
-    for t in tracks:
+    for tid, t in enumerate(tracks, start=1):
         counts[t.group] = counts.get(t.group, 0) + 1
         sm = _smoothed(t, smooth)
         idx = sorted(sm)
@@ -202,28 +208,28 @@ def plan(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
         for k, i in enumerate(idx):  # detected frames, and the gaps up to the next detection
             d = t.dets[i]
             hide[i].append(Detection(d.target, d.score, tuple(sm[i]), d.landmarks, d.keypoints, d.polygon,
-                                     d.source, {**d.extra, "track": True}))  # fmt: skip
+                                     d.source, {**d.extra, "track_id": tid}))  # fmt: skip
             if k + 1 < len(idx):
                 j = idx[k + 1]
                 for f in range(i + 1, j):
                     w = (f - i) / (j - i)
                     box = _grow(sm[i] * (1 - w) + sm[j] * w, _FILL_GROWTH)
-                    hide[f].append(_filler(target_of[i if w < 0.5 else j], t.dets[i].score, box))
+                    hide[f].append(_filler(target_of[i if w < 0.5 else j], t.dets[i].score, box, tid))
                     filled[f] |= not _has_raw(frames[f], t.group)
         first, last = idx[0], idx[-1]
         v0 = _velocity(sm, idx[:3])
         v1 = _velocity(sm, idx[-3:])
         for f in range(max(shot_start[t.shot], first - extend), first):
             box = _union(_grow(sm[first], _FILL_GROWTH), sm[first] + v0 * (f - first))
-            hide[f].append(_filler(target_of[first], t.dets[first].score, box))
+            hide[f].append(_filler(target_of[first], t.dets[first].score, box, tid))
             filled[f] |= not _has_raw(frames[f], t.group)
         end = min(shot_end[t.shot], last + extend)
         for f in range(last + 1, end + 1):
             box = _union(_grow(sm[last], _FILL_GROWTH), sm[last] + v1 * (f - last))
-            hide[f].append(_filler(target_of[last], t.dets[last].score, box))
+            hide[f].append(_filler(target_of[last], t.dets[last].score, box, tid))
             filled[f] |= not _has_raw(frames[f], t.group)
         if end < shot_end[t.shot]:
-            lost.append({"target": t.group, "last_seen": last, "hidden_until": end, "shot_end": shot_end[t.shot]})
+            lost.append({"track_id": tid, "target": t.group, "last_seen": last, "hidden_until": end, "shot_end": shot_end[t.shot]})
     raw = sum(len(d) for d in frames if d)
     return TrackPlan(hide, counts, raw, int(filled.sum()), lost)
 
@@ -238,5 +244,5 @@ def _has_raw(dets: Sequence[Detection] | None, group: str) -> bool:
     return bool(dets) and any(_GROUP.get(d.target) == group for d in dets)
 
 
-def _filler(target: str, score: float, box: np.ndarray) -> Detection:
-    return Detection(target, float(score), tuple(float(v) for v in box), source="track", extra={"track": True})
+def _filler(target: str, score: float, box: np.ndarray, track_id: int) -> Detection:
+    return Detection(target, float(score), tuple(float(v) for v in box), source="track", extra={"track_id": track_id})

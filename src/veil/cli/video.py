@@ -1,0 +1,111 @@
+"""Videos in ``veil anonymize`` and ``veil detect``: one at a time, in this process.
+
+A video is already a long job that keeps every core busy (onnxruntime's threads during
+detection, the encoder's afterwards), so videos do not go to the photo worker pool; each
+gets its own progress line (frames, frames per second, time left).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from rich.progress import Progress
+
+from veil.cli.common import record_failure
+from veil.errors import VeilError
+from veil.pipeline.options import Options
+from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
+from veil.video.container import EXTENSIONS, VideoInfo
+
+
+def video_extension(path: Path) -> str | None:
+    """The extension veil writes for the video at ``path``; None when it is not a video."""
+    try:
+        with open(path, "rb") as fh:
+            family = sniff_container(fh.read(SNIFF_BYTES))
+    except OSError:
+        return None
+    if family is None:
+        return None
+    if family == "matroska" and path.suffix.lower() == ".webm":
+        family = "webm"  # told apart for sure only once opened; the name is enough to plan
+    out = VideoInfo(family, 0, 0, 0, 0, 0.0, 0.0, "", 0).output_container
+    return EXTENSIONS[out]
+
+
+class _Bar:
+    """Feeds one video's progress (both passes) to a rich task."""
+
+    def __init__(self, bar: Progress | None, name: str):
+        self.bar, self.name, self.task, self.stage = bar, name, None, ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if stage != self.stage:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            verb = "detecting" if stage == "detect" else "masking + encoding"
+            self.task, self.stage = self.bar.add_task(f"{self.name}: {verb}", total=total, unit="fps"), stage
+        self.bar.update(self.task, completed=done, total=max(total, done))
+
+    def close(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.remove_task(self.task)
+
+
+def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_place: bool, bar: Progress | None) -> dict[str, Any]:
+    """Anonymize one video; never raises for a bad file (the batch goes on)."""
+    item: dict[str, Any] = {"path": str(src), "output": None if dry_run else str(dst), "ok": False, "kind": "video"}
+    progress = _Bar(bar, src.name)
+    try:
+        if in_place and dst.suffix.lower() != src.suffix.lower():
+            raise VeilError(f"cannot be anonymized in place: it is written as {dst.suffix} (use -o)")
+        if not dry_run:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        report = anonymize_video(str(src), None if dry_run else dst, options, progress=progress)
+        item.update(ok=True, report=report.to_json())
+    except Exception as exc:  # noqa: BLE001 (recorded per file, see record_failure)
+        record_failure(item, exc)
+    finally:
+        progress.close()
+    return item
+
+
+def print_video_dry_run(item: dict, console) -> None:
+    rep = item["report"]
+    inp = rep["input"]
+    console.print(f"[bold]{item['path']}[/] ({inp['width']}x{inp['height']}, {rep['frames']} frames, "
+                  f"{inp['fps']:.2f} fps, {rep['shots']} shot(s))", highlight=False)  # fmt: skip
+    tracks = ", ".join(f"{n} {t}" for t, n in sorted(rep["tracks"].items())) or "none"
+    console.print(f"  tracks: {tracks}; detections: {sum(rep['detections'].values())}; "
+                  f"frames filled by tracking: {rep['frames_filled']}", highlight=False)  # fmt: skip
+    for lost in rep["lost"]:
+        console.print(f"  {lost['target']} track lost after frame {lost['last_seen']}: hidden until frame "
+                      f"{lost['hidden_until']}, shot ends at {lost['shot_end']}", highlight=False)  # fmt: skip
+    if rep["metadata_removed"]:
+        console.print(f"  would remove metadata: {', '.join(rep['metadata_removed'])}", highlight=False)
+
+
+def detect_video_lines(src: Path, options: Options, out: IO[str], engine: Any, bar: Progress | None) -> int:
+    """``veil detect`` on a video: one JSON line per frame (detections with track ids)."""
+    from veil.video.tracks import plan
+
+    progress = _Bar(bar, src.name)
+    try:
+        info, frames, shots, times = detect_video(str(src), options, engine=engine, progress=progress)
+    finally:
+        progress.close()
+    tp = plan(frames, shots, info.fps, extend=options.track_extend)
+    for i, dets in enumerate(tp.frames):
+        rows = []
+        for d in dets:
+            row = d.to_json()
+            row["track_id"] = d.extra.get("track_id")
+            row["detected"] = d.source != "track"
+            rows.append(row)
+        out.write(json.dumps({"path": str(src), "frame": i, "time": round(times[i], 6), "shot": shots[i],
+                              "width": info.width, "height": info.height, "detections": rows}) + "\n")  # fmt: skip
+    return len(tp.frames)
