@@ -451,3 +451,83 @@ def test_api_key_prompt_and_expiry(browser: Browser, photos: dict[str, Path]) ->
             assert not errors, errors
         finally:
             ctx.close()
+
+
+def test_video_progress_playback_before_after_download_delete(browser: Browser, photos: dict[str, Path]) -> None:
+    """A video next to a photo, on a server that wants keys: frame progress while it runs,
+    the result plays from the Range-capable download (through a short-lived link, since a
+    <video> cannot send the key), the original plays beside it from the local file,
+    corrections are refused for it, and download and delete work as for photos."""
+    from video_clips import face_clip, frame_count
+
+    clip = face_clip(3.0)
+    with LiveServer(_config(require_keys=True)) as srv:
+        key = srv.state.keys.create("web-video").token
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+        ctx.add_init_script(f"sessionStorage.setItem('veil.apiKey', {json.dumps(key)})")
+        page = ctx.new_page()
+        page.set_default_timeout(30_000)
+        watch = PageWatch(page)
+        try:
+            page.goto(srv.url + "/")
+            expect(page.locator("#server-state")).to_contain_text("key set")
+            page.locator("#advanced summary").click()
+            page.select_option("#opt-preset", "fast")
+            page.set_input_files("#file-input", [
+                {"name": "street.mp4", "mimeType": "video/mp4", "buffer": clip},
+                {"name": "astronaut.jpg", "mimeType": "image/jpeg", "buffer": photos["astronaut"].read_bytes()},
+            ])
+            expect(page.locator("#run")).to_have_text("Anonymize 2 files")
+            # every status text the video's row shows, as it changes
+            page.evaluate("""() => {
+                window.__statuses = [];
+                new MutationObserver(() => {
+                    const s = document.querySelector('#queue .qrow .qstatus');
+                    if (s && window.__statuses.at(-1) !== s.textContent) window.__statuses.push(s.textContent);
+                }).observe(document.getElementById('queue'), { subtree: true, childList: true, characterData: true });
+            }""")
+            page.locator("#run").click()
+            c = card(page, "street.mp4")
+            expect(c).to_have_count(1, timeout=120_000)
+            expect(page.locator("#grid .card")).to_have_count(2, timeout=60_000)
+            statuses = page.evaluate("window.__statuses")
+            n = frame_count(clip)
+            frames = [s for s in statuses if re.search(rf"frame \d+ of {n}$", s)]
+            assert frames, statuses  # progress per video: frames done of total
+            assert int(c.locator('.chip[data-target="face"]').get_attribute("data-count")) >= 1
+
+            # the card's player and the viewer's play the result through a link, not a blob
+            thumb_src = c.locator("video").get_attribute("src")
+            assert "/images/0?token=" in thumb_src and key not in thumb_src
+            c.locator(".thumb").click()
+            expect(page.locator("#vstage")).to_be_visible()
+            expect(page.locator("#stage")).to_be_hidden()
+            expect(page.locator("#video-note")).to_contain_text("photos only")
+            expect(page.locator("#mode-edit")).to_be_disabled()
+            before, after = page.locator("#vid-before"), page.locator("#vid-after")
+            assert before.get_attribute("src").startswith("blob:")  # the local file
+            page.wait_for_function("() => document.getElementById('vid-after').readyState >= 2", timeout=30_000)
+            page.evaluate("document.getElementById('vid-after').muted = true")
+            page.evaluate("document.getElementById('vid-after').play()")
+            page.wait_for_function("() => document.getElementById('vid-after').currentTime > 0.3", timeout=30_000)
+            page.wait_for_function("() => !document.getElementById('vid-before').paused", timeout=10_000)  # it follows
+            assert page.evaluate("document.getElementById('vid-after').videoWidth") == 320
+            ranged = [u for m, u in watch.requests if "/images/0?token=" in u]
+            assert ranged, watch.requests  # the <video> fetched the server's download itself
+            shot(page, "10-video-compare")
+            page.keyboard.press("Escape")
+
+            data, fname = download(page, lambda: c.get_by_role("button", name="Download street.mp4", exact=True).click())
+            assert fname == "street.anonymized.mp4"
+            assert frame_count(data) == n and data != clip
+            job = dict(page.evaluate("window.veil.items.map(i => [i.name, i.jobId])"))["street.mp4"]
+            c.get_by_role("button", name="Delete street.mp4").click()
+            expect(c).to_have_count(0)
+            deadline = time.monotonic() + 10
+            while srv.get(f"/api/v1/jobs/{job}", authorization=f"Bearer {key}").status_code != 404:
+                assert time.monotonic() < deadline, "the video's job was not deleted on the server"
+                time.sleep(0.1)
+            assert not list((srv.state.config.data_dir / "spool").glob("*.spool"))  # shredded
+            assert not watch.errors, watch.errors
+        finally:
+            ctx.close()

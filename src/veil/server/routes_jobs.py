@@ -191,7 +191,9 @@ async def get_image(
     return ranged_response(
         data,
         media_type=ctype,
-        headers={"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "no-store"},
+        # through a link, the page that asked for it names the file (<a download>), and a
+        # filename here would override it
+        headers={"Content-Disposition": "inline" if token else f'inline; filename="{name}"', "Cache-Control": "no-store"},
         range_header=request.headers.get("range"),
         if_range=request.headers.get("if-range"),
         etag=f'"{sha}"' if sha else None,

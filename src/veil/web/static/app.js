@@ -4,6 +4,12 @@
  * job, so one bad file never takes the others down. Originals stay in the browser (the
  * "before" view and manual corrections re-use the local File); results are kept as Blobs
  * and vanish when their job expires on the server.
+ *
+ * Videos go the same way, one job each, but their results stay on the server (they can
+ * be gigabytes): they play from the server's Range-capable download through a
+ * short-lived link (POST .../link), because a <video src> or a plain download link
+ * cannot send the API key header, and a link that works for one result for an hour at
+ * most leaks far less than a key would. The "before" side plays the local file.
  */
 (() => {
   "use strict";
@@ -14,6 +20,9 @@
   const ACCEPT_EXT = ["jpg", "jpeg", "jfif", "png", "webp", "heic", "heif"];
   const ACCEPT_MIME = ["image/jpeg", "image/pjpeg", "image/png", "image/webp", "image/heic", "image/heif",
     "image/heic-sequence", "image/heif-sequence"];
+  const VIDEO_EXT = ["mp4", "m4v", "mov", "mkv", "webm", "avi"];
+  const VIDEO_MIME = ["video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo", "video/avi"];
+  const LINK_MARGIN_MS = 5 * 60 * 1000; // ask for a fresh download link this long before one expires
   const DEFAULTS = Object.freeze({
     targets: ["face", "plate"], preset: "balanced", style: "blur", shape: "", color: "#000000",
     strength: 30, feather: 0.2,
@@ -22,7 +31,8 @@
   const NOUNS = { face: ["face", "faces"], person: ["body", "bodies"], plate: ["plate", "plates"], head: ["head", "heads"] };
   const REGION_NAMES = { face: "Face", person: "Body", plate: "Plate", head: "Head" };
   const EXT_OF_TYPE = { "image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heif": "heic",
-    "image/heic": "heic", "image/tiff": "tif", "image/bmp": "bmp" };
+    "image/heic": "heic", "image/tiff": "tif", "image/bmp": "bmp", "video/mp4": "mp4", "video/quicktime": "mov",
+    "video/x-matroska": "mkv", "video/mp2t": "ts" };
   const PARALLEL = 2; // photos in flight at once
   const POLL_MS = 700;
 
@@ -41,7 +51,8 @@
   };
 
   /* ------------------------------------------------------------------ state -- */
-  const server = { auth: "open", maxFileBytes: 100 * 1024 * 1024, ttl: null, ready: true, reachable: null };
+  const server = { auth: "open", maxFileBytes: 100 * 1024 * 1024, maxVideoBytes: 2048 * 1024 * 1024, ttl: null,
+    ready: true, reachable: null };
   const items = []; // every photo the page knows about, in the order added
   let nextId = 1;
   let running = 0;
@@ -286,22 +297,37 @@
     return ["heic", "heif"].includes(extOf(file.name)) || /^image\/hei[cf]/i.test(file.type || "");
   }
 
+  function isVideo(file) {
+    const ext = extOf(file.name);
+    if (VIDEO_EXT.includes(ext)) return true;
+    return !ACCEPT_EXT.includes(ext) && VIDEO_MIME.includes((file.type || "").toLowerCase());
+  }
+
   function accepts(file) {
     const ext = extOf(file.name);
-    if (ACCEPT_EXT.includes(ext)) return true;
-    return !ext && ACCEPT_MIME.includes((file.type || "").toLowerCase());
+    if (ACCEPT_EXT.includes(ext) || VIDEO_EXT.includes(ext)) return true;
+    const type = (file.type || "").toLowerCase();
+    return !ext && (ACCEPT_MIME.includes(type) || VIDEO_MIME.includes(type));
+  }
+
+  /** "photo(s)", "video(s)" or "file(s)" for a list of items (or files). */
+  function nounFor(list) {
+    const videos = list.filter((i) => (i.kind ? i.kind === "video" : isVideo(i))).length;
+    const word = videos === 0 ? "photo" : videos === list.length ? "video" : "file";
+    return list.length === 1 ? word : `${word}s`;
   }
 
   function addFiles(fileList) {
     const rejected = [];
     let added = 0;
     for (const file of fileList) {
+      const limit = isVideo(file) ? server.maxVideoBytes : server.maxFileBytes;
       if (!accepts(file)) {
-        rejected.push(`${file.name}: not a JPEG, PNG, WEBP or HEIC photo.`);
+        rejected.push(`${file.name}: not a JPEG, PNG, WEBP or HEIC photo, nor an MP4, MOV, MKV, WEBM or AVI video.`);
       } else if (file.size === 0) {
         rejected.push(`${file.name}: the file is empty.`);
-      } else if (file.size > server.maxFileBytes) {
-        rejected.push(`${file.name}: ${formatBytes(file.size)} is over the ${formatBytes(server.maxFileBytes)} limit.`);
+      } else if (file.size > limit) {
+        rejected.push(`${file.name}: ${formatBytes(file.size)} is over the ${formatBytes(limit)} limit.`);
       } else {
         items.push(newItem(file));
         added++;
@@ -309,7 +335,7 @@
     }
     showRejected(rejected);
     if (added) {
-      announce(`${added} ${added === 1 ? "photo" : "photos"} added.`);
+      announce(`${added} ${nounFor(items.slice(-added))} added.`);
       renderQueue();
     }
     updateRunButton();
@@ -329,6 +355,7 @@
   function newItem(file) {
     return {
       id: nextId++, file, name: file.name || "photo", size: file.size, state: "ready", progress: 0,
+      kind: isVideo(file) ? "video" : "image", frames: null, resultUrl: null, link: null, video: null,
       error: null, retryable: false, jobId: null, expiresAt: null, options: null,
       blob: null, url: null, beforeUrl: null, counts: null, regions: null, regionsSource: null,
       corrected: false, xhr: null, row: null, card: null, cancelled: false,
@@ -364,7 +391,9 @@
     const row = el("li", { class: "qrow", "data-id": it.id });
     if (!it.beforeUrl) it.beforeUrl = URL.createObjectURL(it.file); // local preview only
     const thumb = el("span", { class: "qthumb", "aria-hidden": "true" });
-    const timg = el("img", { alt: "", src: it.beforeUrl, decoding: "async" });
+    const timg = it.kind === "video"
+      ? el("video", { src: it.beforeUrl, muted: true, preload: "metadata", tabindex: "-1" })
+      : el("img", { alt: "", src: it.beforeUrl, decoding: "async" });
     timg.addEventListener("error", () => timg.remove());
     thumb.append(timg);
     const name = el("span", { class: "qname", title: it.name, text: it.name });
@@ -387,11 +416,23 @@
     switch (it.state) {
       case "uploading": return Math.round(it.progress * 50);
       case "queued": return 55;
-      case "processing": return 70;
+      case "processing": return it.frames && it.frames.frames_total
+        ? 55 + Math.round(37 * frameFraction(it.frames)) : 70;
       case "fetching": return 92;
       case "done": case "failed": return 100;
       default: return 0;
     }
+  }
+
+  /** Share of a video's work done: detection is the first half, masking and encoding the second. */
+  function frameFraction(p) {
+    const f = Math.min(1, (p.frames_done || 0) / (p.frames_total || 1));
+    return p.stage === "detect" ? f / 2 : p.stage === "encode" ? 0.5 + f / 2 : 1;
+  }
+
+  function framesText(p) {
+    const what = p.stage === "detect" ? "Finding what to hide" : "Hiding and encoding";
+    return `${what}: frame ${p.frames_done} of ${p.frames_total}`;
   }
 
   function updateRow(it) {
@@ -399,6 +440,7 @@
     const { status, bar, retry } = it.row._parts;
     it.row.dataset.state = it.state;
     let text = STATE_TEXT[it.state] || "";
+    if (it.state === "processing" && it.frames && it.frames.frames_total) text = framesText(it.frames);
     if (it.state === "uploading") text = `Uploading ${Math.round(it.progress * 100)}%`;
     if (it.state === "waiting" && it.error) text = it.error;
     if (it.state === "failed") text = it.error || "Failed";
@@ -428,7 +470,7 @@
     const active = batch.length - done - failed;
     let text;
     if (active) {
-      text = `Anonymizing ${batch.length} ${batch.length === 1 ? "photo" : "photos"}… ${pct}%`;
+      text = `Anonymizing ${batch.length} ${nounFor(batch)}… ${pct}%`;
       if (done || failed) text += ` · ${done} done${failed ? `, ${failed} failed` : ""}`;
     } else {
       text = `Finished: ${done} anonymized${failed ? `, ${failed} failed` : ""}.`;
@@ -443,7 +485,7 @@
     const ready = items.filter((i) => i.state === "ready").length;
     const targets = readForm().targets.length;
     btn.disabled = !ready || !targets || !server.ready;
-    btn.textContent = ready ? `Anonymize ${ready} ${ready === 1 ? "photo" : "photos"}` : "Anonymize";
+    btn.textContent = ready ? `Anonymize ${ready} ${nounFor(items.filter((i) => i.state === "ready"))}` : "Anonymize";
   }
 
   function updateEmpty() {
@@ -467,11 +509,11 @@
     const options = apiOptions(settings);
     for (const it of ready) {
       // browsers can't show HEIC: ask for a JPEG back so it can be previewed and shared
-      const opts = isHeic(it.file) ? { ...options, format: "jpeg" } : options;
+      const opts = it.kind === "image" && isHeic(it.file) ? { ...options, format: "jpeg" } : options;
       Object.assign(it, { options: opts, batch: currentBatch, error: null });
       setState(it, "waiting");
     }
-    announce(`Anonymizing ${ready.length} ${ready.length === 1 ? "photo" : "photos"}.`);
+    announce(`Anonymizing ${ready.length} ${nounFor(ready)}.`);
     updateRunButton();
     pump();
   }
@@ -501,12 +543,23 @@
       if (it.cancelled) return;
       const img = (done.images || [])[0] || {};
       setState(it, "fetching");
-      const res = await api(img.url || `${API}/jobs/${it.jobId}/images/0`);
-      const blob = await res.blob();
-      if (it.cancelled) return;
-      it.blob = blob;
-      it.url = URL.createObjectURL(blob);
-      it.counts = normaliseCounts(img.detections || done.detections || {});
+      if (it.kind === "video") {
+        // the result stays on the server: it plays and downloads from a short-lived link
+        it.resultUrl = img.url || `${API}/jobs/${it.jobId}/images/0`;
+        it.video = img.video || null;
+        it.resultType = img.content_type || "video/mp4";
+        it.url = await videoLink(it);
+        if (it.cancelled) return;
+      } else {
+        const res = await api(img.url || `${API}/jobs/${it.jobId}/images/0`);
+        const blob = await res.blob();
+        if (it.cancelled) return;
+        it.blob = blob;
+        it.url = URL.createObjectURL(blob);
+      }
+      // a video counts who was hidden (tracks), not how many frames each was found in
+      const tracks = it.kind === "video" && it.video && it.video.tracks;
+      it.counts = normaliseCounts(tracks || img.detections || done.detections || {});
       if (Array.isArray(img.regions)) { it.regions = img.regions.map(cleanRegion).filter(Boolean); it.regionsSource = "job"; }
       it.expiresAt = serverTime(done.expires_at) || it.expiresAt;
       setState(it, "done");
@@ -567,12 +620,17 @@
         throw err;
       }
       const img = (job.images || [])[0];
-      if (img && img.status === "failed") throw new ApiError(img.error || job.error || "The photo could not be anonymized.", 422);
+      if (img && img.status === "failed") throw new ApiError(img.error || job.error || `The ${it.kind === "video" ? "video" : "photo"} could not be anonymized.`, 422);
       if (job.status === "failed") throw new ApiError(job.error || "The photo could not be anonymized.", 422);
       if (job.status === "done" && img && img.status === "done") return job;
       if (job.status === "done") throw new ApiError("The server returned no result for this photo.", 500);
       if (job.status === "processing" && it.state !== "processing") setState(it, "processing");
-      delay = Math.min(2000, delay + 150);
+      if (img && img.progress && img.status === "processing") {
+        it.frames = img.progress;
+        updateRow(it);
+        updateOverall();
+      }
+      delay = Math.min(it.kind === "video" ? 1000 : 2000, delay + 150);
     }
   }
 
@@ -620,13 +678,28 @@
   }
 
   function releaseItem(it) {
-    if (it.url) URL.revokeObjectURL(it.url);
+    if (it.url && it.kind !== "video") URL.revokeObjectURL(it.url);
+    for (const v of document.querySelectorAll("video")) {
+      if (v.getAttribute("src") === it.url || v.getAttribute("src") === it.beforeUrl) { v.pause(); v.removeAttribute("src"); v.load(); }
+    }
     if (it.beforeUrl) URL.revokeObjectURL(it.beforeUrl);
     it.url = it.beforeUrl = null;
     it.blob = null;
     if (it.card) it.card.remove();
     if (it.row) it.row.remove();
     it.card = it.row = null;
+  }
+
+  /** A URL that plays or downloads a video's result without the key header (refreshed before it expires). */
+  async function videoLink(it) {
+    const fresh = it.link && it.link.expires - Date.now() > LINK_MARGIN_MS;
+    if (!fresh) {
+      const res = await api(`${it.resultUrl}/link`, { method: "POST" });
+      const body = await res.json();
+      const expires = serverTime(body.expires_at);
+      it.link = { url: body.url, expires: expires ? expires.getTime() : Date.now() + 10 * 60 * 1000 };
+    }
+    return it.link.url;
   }
 
   function deleteJob(jobId) {
@@ -654,7 +727,9 @@
   }
 
   function buildCard(it) {
-    const img = el("img", { alt: `${it.name}, anonymized`, loading: "lazy", decoding: "async" });
+    const img = it.kind === "video"
+      ? el("video", { muted: true, preload: "metadata", "aria-label": `${it.name}, anonymized`, tabindex: "-1" })
+      : el("img", { alt: `${it.name}, anonymized`, loading: "lazy", decoding: "async" });
     const badge = el("span", { class: "badge", text: "Corrected", hidden: true });
     const thumb = el("button", { type: "button", class: "thumb", "aria-label": `Open ${it.name}`,
       onclick: () => openViewer(it) }, img, badge);
@@ -729,7 +804,8 @@
   }
 
   function downloadName(it) {
-    const ext = EXT_OF_TYPE[(it.blob && it.blob.type) || ""] || extOf(it.name) || "jpg";
+    const type = it.blob ? it.blob.type : it.resultType || "";
+    const ext = EXT_OF_TYPE[type] || extOf(it.name) || (it.kind === "video" ? "mp4" : "jpg");
     return `${stemOf(it.name)}.anonymized.${ext}`;
   }
 
@@ -742,7 +818,19 @@
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
   }
 
-  function downloadItem(it) {
+  async function downloadItem(it) {
+    if (it.kind === "video") {
+      // straight from the server to disk: a video never has to fit in this tab's memory
+      try {
+        const a = el("a", { href: await videoLink(it), download: downloadName(it), hidden: true });
+        document.body.append(a);
+        a.click();
+        a.remove();
+      } catch (err) {
+        announce(`Could not download ${it.name}: ${err.message}`, true);
+      }
+      return;
+    }
     if (!it.blob) return;
     saveBlob(it.blob, downloadName(it));
   }
@@ -780,8 +868,12 @@
     const btn = $("download-all");
     btn.disabled = true;
     try {
+      // videos download one by one, straight to disk; the photos go in one ZIP
+      for (const it of done.filter((i) => i.kind === "video")) await downloadItem(it);
+      const photos = done.filter((i) => i.kind !== "video");
+      if (!photos.length) return;
       const used = new Set();
-      const entries = done.map((it) => {
+      const entries = photos.map((it) => {
         let name = downloadName(it);
         for (let n = 2; used.has(name.toLowerCase()); n++) name = `${stemOf(it.name)}-${n}.anonymized.${extOf(downloadName(it))}`;
         used.add(name.toLowerCase());
@@ -856,19 +948,45 @@
     const dlg = $("viewer");
     $("viewer-title").textContent = it.name;
     if (!it.beforeUrl) it.beforeUrl = URL.createObjectURL(it.file); // the local original, never fetched
-    const before = $("img-before");
-    const after = $("img-after");
-    before.alt = `${it.name}, original`;
-    after.alt = `${it.name}, anonymized`;
-    before.dataset.failed = "";
-    before.src = it.beforeUrl;
-    after.src = it.url;
+    const isVid = it.kind === "video";
+    $("stage").hidden = isVid;
+    $("vstage").hidden = !isVid;
+    $("video-note").hidden = !isVid;
+    $("mode-edit").disabled = isVid;
+    $("mode-edit").title = isVid ? "Corrections are for photos only" : "";
     $("viewer-status").textContent = "";
-    setCompare(50);
-    setMode("compare");
+    if (isVid) {
+      $("vid-before").src = it.beforeUrl;
+      $("vid-after").src = it.url;
+      setMode("compare");
+      $("foot-compare").hidden = true;
+      videoLink(it).then((url) => { // a fresh link if the one in use is about to expire
+        if (viewerItem === it && url !== it.url) { it.url = url; $("vid-after").src = url; }
+      }).catch((err) => { $("viewer-status").textContent = err.message; });
+    } else {
+      const before = $("img-before");
+      const after = $("img-after");
+      before.alt = `${it.name}, original`;
+      after.alt = `${it.name}, anonymized`;
+      before.dataset.failed = "";
+      before.src = it.beforeUrl;
+      after.src = it.url;
+      setCompare(50);
+      setMode("compare");
+    }
     updateViewerInfo();
     if (!dlg.open) dlg.showModal();
-    $("compare").focus();
+    (isVid ? $("vid-after") : $("compare")).focus();
+  }
+
+  /** The original (muted) follows the anonymized video: play, pause and position. */
+  function syncBefore(e) {
+    const before = $("vid-before");
+    const after = e.target;
+    if (!before.getAttribute("src")) return;
+    if (Math.abs(before.currentTime - after.currentTime) > 0.25 || e.type === "seeked") before.currentTime = after.currentTime;
+    if (e.type === "play") before.play().catch(() => {});
+    if (e.type === "pause" || e.type === "ended") before.pause();
   }
 
   function updateViewerInfo() {
@@ -888,6 +1006,12 @@
     $("regions").replaceChildren();
     $("img-before").removeAttribute("src");
     $("img-after").removeAttribute("src");
+    for (const id of ["vid-before", "vid-after"]) {
+      const v = $(id);
+      v.pause();
+      v.removeAttribute("src");
+      v.load();
+    }
     if (lastFocus && document.contains(lastFocus)) lastFocus.focus();
   }
 
@@ -1162,6 +1286,7 @@
       server.auth = h.auth || "open";
       server.ready = h.pipeline !== "unavailable";
       if (h.limits && h.limits.max_file_bytes) server.maxFileBytes = h.limits.max_file_bytes;
+      if (h.limits && h.limits.max_video_bytes) server.maxVideoBytes = h.limits.max_video_bytes;
       if (h.ttl_seconds) server.ttl = h.ttl_seconds;
     } catch (_) {
       server.reachable = false;
@@ -1178,7 +1303,8 @@
     } else {
       banner.hidden = true;
     }
-    $("dropzone-hint").textContent = `JPEG, PNG, WEBP or HEIC, several at once, up to ${formatBytes(server.maxFileBytes)} each.`;
+    $("dropzone-hint").textContent = `Photos: JPEG, PNG, WEBP or HEIC, up to ${formatBytes(server.maxFileBytes)} each. `
+      + `Videos: MP4, MOV, MKV, WEBM or AVI, up to ${formatBytes(server.maxVideoBytes)}. Several at once.`;
     if (server.ttl) {
       const mins = Math.round(server.ttl / 60);
       const span = mins >= 120 && mins % 60 === 0 ? `${mins / 60} hours` : mins >= 1 ? `${mins} minute${mins === 1 ? "" : "s"}` : `${Math.round(server.ttl)} seconds`;
@@ -1281,6 +1407,7 @@
     });
     $("img-before").addEventListener("load", () => { if (edit) drawRegions(); });
     $("img-after").addEventListener("load", () => { if (edit) drawRegions(); });
+    for (const type of ["play", "pause", "ended", "seeked", "timeupdate"]) $("vid-after").addEventListener(type, syncBefore);
 
     // API key dialog
     const keyDlg = $("key-dialog");
