@@ -164,3 +164,67 @@ def test_regions_outside_or_degenerate_are_skipped(astronaut_rgb):
     out, regions = mask_detections(astronaut_rgb, dets, Options())
     assert len(regions) == 1 and regions[0].box == (0.0, 0.0, 30.0, 30.0)
     assert _changed(out, astronaut_rgb)[:20, :20].all()
+
+
+def test_clusters_match_a_brute_force_overlap_check():
+    """The sweep finds the same connected components as comparing every pair."""
+    from veil.masking.compose import _clusters, _Item
+    from veil.masking.shapes import RegionPlan
+
+    rng = np.random.default_rng(3)
+    rects = []
+    for _ in range(300):
+        x, y = rng.integers(0, 1000, 2)
+        w, h = rng.integers(1, 60, 2)
+        rects.append((int(x), int(y), int(x + w), int(y + h)))
+    items = [_Item(i, RegionPlan(r, "box", None, 10.0, ("poly", None), 0.0, None, 0.0), "fill", (0, 0, 0)) for i, r in enumerate(rects)]
+    got = sorted(sorted(i.index for i in c) for c in _clusters(items))
+    parent = list(range(len(rects)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(rects):
+        for j, b in enumerate(rects[:i]):
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                parent[find(i)] = find(j)
+    comps: dict[int, list[int]] = {}
+    for i in range(len(rects)):
+        comps.setdefault(find(i), []).append(i)
+    assert got == sorted(comps.values()) and 30 < len(got) < 290  # some merged, not all
+
+
+_MEMORY_PROBE = """
+import resource, sys, numpy as np
+from veil.detection.types import Detection
+from veil.masking import mask_detections
+from veil.pipeline.options import Options
+W, H, n = 3000, 2000, 300
+rng = np.random.default_rng(0)
+img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+# whole-photo regions in every layer, so each layer is one cluster as large as the photo
+dets = [Detection(t, 0.9, (5, 5, W - 5, H - 5)) for t in ("person", "plate", "face")]
+for i in range(n):
+    x, y, s = rng.uniform(0, W - 50), rng.uniform(0, H - 50), rng.uniform(20, 300)
+    dets.append(Detection(("face", "plate", "person")[i % 3], 0.9, (x, y, min(W, x + s), min(H, y + 1.2 * s))))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out, regions = mask_detections(img, dets, Options(style=sys.argv[1]), rng=np.random.default_rng(1))
+assert len(regions) == n + 3
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (W * H))
+"""
+
+
+def test_masking_memory_is_bounded_by_the_image_not_the_regions():
+    """303 overlapping regions (three of them the whole photo) on a 6 MP photo: the peak
+    memory added by masking stays under 40 bytes per pixel (the output copy, 3, plus one
+    cluster's accumulators, 20, plus one member's alpha and render). The old blend held
+    every member's full buffers: ~5 MB per region on 0.75 MP, 150 GB for 2,000 on 12 MP."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "blur"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    per_pixel = float(run.stdout.strip().splitlines()[-1])
+    assert per_pixel < 40, per_pixel

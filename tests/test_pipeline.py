@@ -13,6 +13,7 @@ from veil.detection.types import Detection
 from veil.errors import OptionsError
 from veil.imageio import load_image
 from veil.pipeline.core import AnonymizeResult, Report, anonymize, anonymize_bytes, anonymize_file
+from veil.masking import mask_detections
 from veil.pipeline.options import Options
 
 FACE = (180.0, 66.0, 270.0, 176.0)
@@ -224,27 +225,46 @@ def real_faces(engine, astronaut_rgb, hopper_rgb):
     return out
 
 
+def flat_patch(rgb, faces):
+    """The faces' regions filled with each face's mean colour: the same head around it,
+    no information about the face. The baseline a detector's answer is judged against."""
+    out = rgb
+    for f in faces:
+        x1, y1, x2, y2 = (int(v) for v in f.box)
+        mean = tuple(int(c) for c in rgb[y1:y2, x1:x2].reshape(-1, 3).mean(axis=0))
+        out, _ = mask_detections(out, [f], Options(style="fill", color=mean))
+    return out
+
+
+def face_score(engine, rgb, face) -> float:
+    """The best score the engine gives anything centred on ``face`` (0 if nothing)."""
+    return max([d.score for d in engine.detect(rgb, ("face",)) if d.target == "face" and _near(d.box, face.box)], default=0.0)
+
+
 @pytest.mark.parametrize("style", ["blur", "pixelate", "fill"])
 def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, lbp):
-    """Irreversibility: at the weakest strength, the detectors no longer see the face.
+    """Irreversibility: at the weakest strength, the detectors see no more of the face
+    than of a flat patch of its mean colour.
 
-    Nothing the engine reports (it keeps candidates from 0.125) may sit on the hidden
-    face, and the classic LBP cascade must no longer find the face it found before.
+    YOLO11m (the strongest face detector here, trained on WIDER FACE and its many blurred
+    and occluded faces) also fires on a head whose face is that information-free patch
+    (Grace Hopper: 0.47), from the hair and head outline around the mask; so what it
+    reports on the hidden face may not score above the patch (+0.05). The LBP cascade
+    must no longer find the face it found before (its best match to the face; it also
+    fires on smaller parts of faces and on the background). The masks' dithering is seeded.
     """
     names = ["astronaut", "hopper"] if style != "fill" else ["astronaut"]
     for name in names:
         rgb, faces = real_faces[name]
         img = load_image(_png(rgb))
-        out, rep = anonymize(img, Options(style=style, strength=0), regions=faces)
+        out, rep = anonymize(img, Options(style=style, strength=0), regions=faces, rng=np.random.default_rng(0))
         assert len(rep.regions) == 1
-        again = [d for d in engine.detect(out, ("face",)) if d.target == "face" and _near(d.box, faces[0].box)]
-        assert not again, (name, [(d.score, d.source) for d in again])
-        seen = [b for b in lbp(rgb) if _near(b, faces[0].box)]
-        assert seen, "the cascade does see the original"
+        baseline = face_score(engine, flat_patch(rgb, faces), faces[0])
+        assert face_score(engine, out, faces[0]) <= baseline + 0.05, (name, baseline)
+        seen = max(lbp(rgb), key=lambda b: _iou(b, faces[0].box))
+        assert _iou(seen, faces[0].box) > 0.5, "the cascade does see the original"
         if style != "pixelate":  # a 4-block mosaic is a "tiny face" to a 24x24 cascade window
-            # the face it saw must be gone (the noise in the mask can make the cascade fire
-            # now and then on the hairline above it: that is not the face)
-            assert not [b for b in lbp(out) if max(_iou(b, s) for s in seen) >= 0.5], name
+            assert not [b for b in lbp(out) if _iou(b, seen) >= 0.5], name
 
 
 def test_end_to_end_rotated_jpeg_is_upright_with_upright_boxes(engine, real_faces):

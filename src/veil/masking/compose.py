@@ -1,26 +1,36 @@
 """Hide a list of detections in an image, each overlapping area exactly once.
 
-Regions sharing a look (style + colour) are grouped; within a group, regions whose
-rectangles touch form a cluster that gets ONE combined alpha (the max of its members)
-and ONE blend with the image, so overlaps are neither hidden twice nor seamed. Each
-member's replacement pixels are rendered from the source at its own scale (see
-:mod:`veil.masking.styles`) and averaged by alpha where they overlap.
+Regions are blended in layers, bottom-up: people, then plates, then heads and faces on
+top, and each layer is rendered from the image as the layers below left it. A face
+inside a hidden person is therefore re-blurred from already blurred pixels and blends
+in, instead of showing the sharper face through as an oval. Within a layer, regions
+whose rectangles touch form a cluster that gets ONE combined alpha (the max of its
+members) and ONE blend with the image, so overlaps are neither hidden twice nor seamed;
+members' renders (each at its own object's scale, see :mod:`veil.masking.styles`) are
+averaged by alpha where they overlap.
+
+Memory is bounded by the image, whatever the number of regions: regions are planned
+as rectangles, clustered by a sorted sweep (no N x N matrix), and each member's alpha
+and render exist only while it is added to its cluster's buffers (20 bytes per pixel of
+the cluster's rectangle, at most the image).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from veil.detection.types import Detection
-from veil.masking.shapes import RegionMask, region_mask
-from veil.masking.styles import block_alpha, render
-from veil.pipeline.options import Options
+from veil.masking.shapes import RegionPlan, plan_region
+from veil.masking.styles import render
+
+if TYPE_CHECKING:  # type only: masking sits below the pipeline layer
+    from veil.pipeline.options import Options
 
 _STRIP = 256
-#: Groups are blended bottom-up: people, then plates, then heads and faces on top.
+#: Layers blended bottom-up: people, then plates, then heads and faces on top.
 _LAYER = {"person": 0, "plate": 1, "head": 2, "face": 3}
 
 
@@ -51,96 +61,132 @@ class MaskedRegion:
 
 @dataclass
 class _Item:
-    det: Detection
-    mask: RegionMask
+    index: int
+    plan: RegionPlan
     style: str
     color: tuple[int, int, int]
+    shown: bool = False
 
 
 def mask_detections(
     rgb: np.ndarray,
     detections: Sequence[Detection],
-    options: Options,
+    options: "Options",
     *,
     strength: int | None = None,
     stage: str = "detect",
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, list[MaskedRegion]]:
-    """A masked copy of ``rgb`` (uint8 HxWx3) and one :class:`MaskedRegion` per region hidden."""
+    """A masked copy of ``rgb`` (uint8 HxWx3) and one :class:`MaskedRegion` per region hidden.
+
+    ``rng`` drives the blur's dithering; None draws fresh entropy (production), a seeded
+    generator makes the output reproducible (tests).
+    """
     height, width = rgb.shape[:2]
     strength = options.strength if strength is None else strength
     rng = rng if rng is not None else np.random.default_rng()
-    groups: dict[tuple, list[_Item]] = {}
-    regions: list[MaskedRegion] = []
+    layers: dict[tuple, list[_Item]] = {}
+    regions: list[MaskedRegion | None] = []
     for det in detections:
         ts = options.style_for(det.target)
-        mask = region_mask(det, ts.shape, margin=options.margin, feather=options.feather, width=width, height=height)
-        if mask is None:
+        plan = plan_region(det, ts.shape, margin=options.margin, feather=options.feather, width=width, height=height)
+        if plan is None:
             continue
         color = tuple(ts.color)
-        groups.setdefault((ts.style, color if ts.style == "fill" else None), []).append(_Item(det, mask, ts.style, color))
+        key = (_LAYER.get(det.target, 0), det.target, ts.style, color if ts.style == "fill" else None)
+        layers.setdefault(key, []).append(_Item(len(regions), plan, ts.style, color))
         box = tuple(float(min(max(v, 0), lim)) for v, lim in zip(det.box, (width, height, width, height), strict=True))
-        regions.append(MaskedRegion(det.target, float(det.score), box, ts.style, mask.shape, mask.fallback, stage))
+        regions.append(MaskedRegion(det.target, float(det.score), box, ts.style, plan.shape, plan.fallback, stage))
     out = rgb.copy()
-    order = sorted(groups.values(), key=lambda items: min(_LAYER.get(i.det.target, 0) for i in items))
-    for items in order:
-        for cluster in _clusters(items):
-            _blend_cluster(out, rgb, cluster, strength, rng)
-    return out, regions
+    shown: set[int] = set()
+    for key in sorted(layers, key=lambda k: k[0]):
+        for cluster in _clusters(layers[key]):
+            _blend_cluster(out, cluster, strength, rng)
+            shown.update(i.index for i in cluster if i.shown)
+    return out, [r for i, r in enumerate(regions) if i in shown and r is not None]
 
 
 def _clusters(items: list[_Item]) -> list[list[_Item]]:
-    """Connected components of overlapping rectangles (union-find over a numpy overlap matrix,
-    so thousands of manual regions stay fast)."""
-    r = np.array([i.mask.rect for i in items], dtype=np.int64).reshape(-1, 4)
-    overlap = ((r[:, None, 0] < r[None, :, 2]) & (r[None, :, 0] < r[:, None, 2])
-               & (r[:, None, 1] < r[None, :, 3]) & (r[None, :, 1] < r[:, None, 3]))  # fmt: skip
-    parent = list(range(len(items)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in np.argwhere(np.triu(overlap, 1)):
-        parent[find(int(i))] = find(int(j))
+    """Connected components of overlapping rectangles, by a sweep along x: each rectangle
+    is compared only with those still open at its left edge, and components are merged
+    by relabelling (vectorised), so thousands of regions stay fast and small."""
+    if len(items) <= 1:
+        return [items] if items else []
+    r = np.array([i.plan.rect for i in items], dtype=np.int64)
+    order = np.argsort(r[:, 0], kind="stable")
+    label = np.arange(len(items))
+    active = np.empty(0, dtype=np.int64)
+    for i in order:
+        x0, y0, _x1, y1 = r[i]
+        active = active[r[active, 2] > x0]  # close rectangles that end before this one starts
+        hit = active[(r[active, 1] < y1) & (y0 < r[active, 3])]
+        if hit.size:
+            labs = np.unique(label[hit])
+            label[i] = labs[0]
+            if labs.size > 1:
+                label[np.isin(label, labs[1:])] = labs[0]
+        active = np.append(active, i)
     comps: dict[int, list[_Item]] = {}
     for i, item in enumerate(items):
-        comps.setdefault(find(i), []).append(item)
+        comps.setdefault(int(label[i]), []).append(item)
     return list(comps.values())
 
 
-def _blend_cluster(out: np.ndarray, src: np.ndarray, cluster: list[_Item], strength: int, rng) -> None:
-    """One alpha and one blend for the cluster; members' renders averaged by alpha."""
-    x0 = min(i.mask.rect[0] for i in cluster)
-    y0 = min(i.mask.rect[1] for i in cluster)
-    x1 = max(i.mask.rect[2] for i in cluster)
-    y1 = max(i.mask.rect[3] for i in cluster)
-    renders = []
+def _blend_cluster(out: np.ndarray, cluster: list[_Item], strength: int, rng: np.random.Generator) -> None:
+    """One alpha and one blend for the cluster; members' renders averaged by alpha.
+
+    Members are rendered from ``out`` before the cluster writes to it, one at a time:
+    only the cluster's accumulators outlive a member.
+    """
+    if len(cluster) == 1:
+        _blend_one(out, cluster[0], strength, rng)
+        return
+    x0 = min(i.plan.rect[0] for i in cluster)
+    y0 = min(i.plan.rect[1] for i in cluster)
+    x1 = max(i.plan.rect[2] for i in cluster)
+    y1 = max(i.plan.rect[3] for i in cluster)
+    alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+    acc = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
     for item in cluster:
-        rx0, ry0, rx1, ry1 = item.mask.rect
-        a = item.mask.alpha
-        if item.style == "pixelate":
-            a = block_alpha(a, item.mask.size, strength)
-        pix = render(src[ry0:ry1, rx0:rx1], item.style, size=item.mask.size, strength=strength, color=item.color, rng=rng)
-        renders.append(((slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0)), a, pix))
+        m = item.plan.mask()
+        if m is None:
+            continue
+        item.shown = True
+        rx0, ry0, rx1, ry1 = m.rect
+        pix = render(out[ry0:ry1, rx0:rx1], item.style, size=m.size, strength=strength, color=item.color, rng=rng)
+        tmp = np.empty((min(_STRIP, ry1 - ry0), rx1 - rx0, 3), np.float32)
+        for r0 in range(0, ry1 - ry0, _STRIP):  # strips keep the float temporaries small
+            r1 = min(ry1 - ry0, r0 + _STRIP)
+            a, t = m.alpha[r0:r1], tmp[: r1 - r0]
+            sub = (slice(ry0 - y0 + r0, ry0 - y0 + r1), slice(rx0 - x0, rx1 - x0))
+            np.multiply(pix[r0:r1], a[:, :, None], out=t)
+            acc[sub] += t
+            weight[sub] += a
+            np.maximum(alpha[sub], a, out=alpha[sub])
+        del m, pix
     region = out[y0:y1, x0:x1]
-    height, width = region.shape[:2]
-    for r0 in range(0, height, _STRIP):  # strips keep the float buffers of huge regions small
-        r1 = min(height, r0 + _STRIP)
-        alpha = np.zeros((r1 - r0, width), np.float32)
-        weight = np.zeros((r1 - r0, width), np.float32)
-        acc = np.zeros((r1 - r0, width, 3), np.float32)
-        for (ys, xs), a, pix in renders:
-            lo, hi = max(ys.start, r0), min(ys.stop, r1)
-            if lo >= hi:
-                continue
-            aa = a[lo - ys.start : hi - ys.start]
-            sub = (slice(lo - r0, hi - r0), xs)
-            acc[sub] += pix[lo - ys.start : hi - ys.start] * aa[:, :, None]
-            weight[sub] += aa
-            np.maximum(alpha[sub], aa, out=alpha[sub])
-        shown = acc / np.maximum(weight, 1e-6)[:, :, None]
-        base = region[r0:r1].astype(np.float32)
-        region[r0:r1] = (base + (shown - base) * alpha[:, :, None] + 0.5).astype(np.uint8)
+    for r0 in range(0, y1 - y0, _STRIP):
+        r1 = min(y1 - y0, r0 + _STRIP)
+        shown = acc[r0:r1] / np.maximum(weight[r0:r1], 1e-6)[:, :, None]
+        _mix(region[r0:r1], shown, alpha[r0:r1])
+
+
+def _blend_one(out: np.ndarray, item: _Item, strength: int, rng: np.random.Generator) -> None:
+    """A lone region: blended straight from its render (no accumulators)."""
+    m = item.plan.mask()
+    if m is None:
+        return
+    item.shown = True
+    rx0, ry0, rx1, ry1 = m.rect
+    region = out[ry0:ry1, rx0:rx1]
+    pix = render(region, item.style, size=m.size, strength=strength, color=item.color, rng=rng)
+    for r0 in range(0, ry1 - ry0, _STRIP):
+        r1 = min(ry1 - ry0, r0 + _STRIP)
+        _mix(region[r0:r1], pix[r0:r1], m.alpha[r0:r1])
+
+
+def _mix(base: np.ndarray, shown: np.ndarray, alpha: np.ndarray) -> None:
+    """``base`` (uint8, in place) moved towards ``shown`` by ``alpha``."""
+    b = base.astype(np.float32)
+    base[...] = (b + (shown - b) * alpha[:, :, None] + 0.5).astype(np.uint8)

@@ -30,6 +30,8 @@ DEFAULT_FIXED_MARGIN = 1.1
 FEATHER_SCALE = 0.25
 #: Person keypoints below this confidence are ignored for the silhouette.
 KEYPOINT_MIN_CONF = 0.3
+#: Rows rasterized at once.
+_ROWS = 256
 
 
 @dataclass
@@ -110,10 +112,40 @@ def _person_hull(det: Detection) -> tuple[np.ndarray, float] | None:
     return hull, 0.12 * max(det.width, det.height)
 
 
-def region_mask(
+@dataclass
+class RegionPlan:
+    """Where one region lies and how it is drawn, before any pixel is rasterized: cheap
+    enough to plan thousands of regions at once (the alpha is made one at a time)."""
+
+    rect: tuple[int, int, int, int]
+    shape: str
+    fallback: str | None
+    size: float
+    outline: tuple[str, object]
+    widen: float
+    clip_box: tuple[float, float, float, float] | None
+    feather_px: float
+
+    def mask(self) -> RegionMask | None:
+        """The region's alpha; None when the outline covers no pixel centre."""
+        rx0, ry0, rx1, ry1 = self.rect
+        core = _rasterize(self.outline, rx0, ry0, rx1 - rx0, ry1 - ry0, self.widen)
+        if self.clip_box is not None:
+            cb = self.clip_box
+            cx0, cy0 = int(math.floor(cb[0])) - rx0, int(math.floor(cb[1])) - ry0
+            cx1, cy1 = int(math.ceil(cb[2])) - rx0, int(math.ceil(cb[3])) - ry0
+            clipped = np.zeros_like(core)
+            clipped[max(cy0, 0) : max(cy1, 0), max(cx0, 0) : max(cx1, 0)] = 1
+            core &= clipped
+        if not core.any():
+            return None
+        return RegionMask(rx0, ry0, _feathered(core, self.feather_px), self.shape, self.fallback, self.size)
+
+
+def plan_region(
     det: Detection, shape: str, *, margin: float, feather: float, width: int, height: int
-) -> RegionMask | None:
-    """The alpha to hide ``det`` with ``shape``; None when it lies outside the image."""
+) -> RegionPlan | None:
+    """The outline and rectangle to hide ``det`` with ``shape``; None when it lies outside the image."""
     x1, y1, x2, y2 = (float(v) for v in det.box)
     w, h = max(0.0, x2 - x1), max(0.0, y2 - y1)
     if w < 1 or h < 1:
@@ -149,17 +181,15 @@ def region_mask(
     rx1, ry1 = min(width, int(math.ceil(bx1 + pad))), min(height, int(math.ceil(by1 + pad)))
     if rx1 <= rx0 or ry1 <= ry0:
         return None
-    core = _rasterize(outline, rx0, ry0, rx1 - rx0, ry1 - ry0, widen)
-    if clip_box is not None:
-        cx0, cy0, cx1, cy1 = (int(math.floor(clip_box[0])) - rx0, int(math.floor(clip_box[1])) - ry0,
-                              int(math.ceil(clip_box[2])) - rx0, int(math.ceil(clip_box[3])) - ry0)  # fmt: skip
-        clipped = np.zeros_like(core)
-        clipped[max(cy0, 0) : max(cy1, 0), max(cx0, 0) : max(cx1, 0)] = 1
-        core &= clipped
-    if not core.any():
-        return None
-    alpha = _feathered(core, fw)
-    return RegionMask(rx0, ry0, alpha, fallback or shape, fallback, size)
+    return RegionPlan((rx0, ry0, rx1, ry1), fallback or shape, fallback, size, outline, widen, clip_box, fw)
+
+
+def region_mask(
+    det: Detection, shape: str, *, margin: float, feather: float, width: int, height: int
+) -> RegionMask | None:
+    """The alpha to hide ``det`` with ``shape``; None when it lies outside the image."""
+    plan = plan_region(det, shape, margin=margin, feather=feather, width=width, height=height)
+    return None if plan is None else plan.mask()
 
 
 def _bounds(outline: tuple[str, object]) -> tuple[float, float, float, float]:
@@ -180,11 +210,14 @@ def _rasterize(outline: tuple[str, object], x0: int, y0: int, w: int, h: int, wi
     if kind == "ellipse":
         cx, cy, a, b, ang = geo  # type: ignore[misc]
         t = math.radians(ang)
-        xs = np.arange(w, dtype=np.float64) + x0 + 0.5 - cx
-        ys = np.arange(h, dtype=np.float64)[:, None] + y0 + 0.5 - cy
-        u = xs * math.cos(t) + ys * math.sin(t)
-        v = -xs * math.sin(t) + ys * math.cos(t)
-        return ((u / a) ** 2 + (v / b) ** 2 <= 1.0).astype(np.uint8)
+        c, s = math.cos(t), math.sin(t)
+        xs = (np.arange(w, dtype=np.float64) + x0 + 0.5 - cx)[None, :]
+        out = np.empty((h, w), dtype=np.uint8)
+        for r0 in range(0, h, _ROWS):  # in strips: the float temporaries stay small on huge regions
+            ys = (np.arange(r0, min(h, r0 + _ROWS), dtype=np.float64) + y0 + 0.5 - cy)[:, None]
+            u, v = (xs * c + ys * s) / a, (ys * c - xs * s) / b
+            out[r0 : r0 + len(ys)] = u * u + v * v <= 1.0
+        return out
     mask = np.zeros((h, w), dtype=np.uint8)
     shift = 4
     pts = np.round((np.asarray(geo) - (x0, y0)) * (1 << shift)).astype(np.int32).reshape(-1, 1, 2)
@@ -198,5 +231,7 @@ def _feathered(core: np.ndarray, fw: float) -> np.ndarray:
     """1 inside ``core``, falling linearly to 0 at ``fw`` px outside it."""
     if fw < 0.5:
         return core.astype(np.float32)
-    dist = cv2.distanceTransform((1 - core).astype(np.uint8), cv2.DIST_L2, 5)
-    return np.clip(1.0 - dist / fw, 0.0, 1.0).astype(np.float32)
+    dist = cv2.distanceTransform(1 - core, cv2.DIST_L2, 5)
+    dist *= -1.0 / fw  # in place: a huge region needs one float buffer, not four
+    dist += 1.0
+    return np.clip(dist, 0.0, 1.0, out=dist)

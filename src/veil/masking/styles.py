@@ -2,25 +2,25 @@
 
 Irreversible by construction, at every strength. ``blur`` and ``pixelate`` never
 filter the original pixels (a plain Gaussian blur can be partly deconvolved); they
-first *destroy* the detail:
+first *destroy* the detail, then show what is left:
 
-1. the region is averaged down to a handful of blocks (``cv2.INTER_AREA`` is a true
-   box average): 4 blocks across the object at strength 0, 2 at strength 100 (see
-   :data:`BLOCKS`; the object's size is the geometric mean of its box sides), so the
-   block size scales with the object and small and large faces look equally hidden.
-   Only those few averaged colours of a face survive, far too few to identify anyone;
-2. random noise (from the OS entropy pool, not reproducible) is added to every block,
-   so even those averages cannot be recovered exactly;
-3. only then is the result shown: ``pixelate`` as square blocks (its outline snapped to
-   whole blocks, see :func:`block_alpha`); ``blur`` upsampled smoothly,
-   Gaussian-blurred, then diffused (each pixel taken from a random neighbour up to one
-   block away) and grained, like frosted glass. The frosting and the snapped outline
-   are not decoration: a smooth skin-coloured oval under hair is still "a face" to
-   blur-robust CNN detectors, and the verify pass would find every blur again.
+1. the region is averaged down to a handful of blocks: 4 blocks across the object at
+   strength 0, 2 at strength 100 (see :data:`BLOCKS`; the object's size is the
+   geometric mean of its box sides), so the block size scales with the object and
+   small and large faces look equally hidden. Only those few averaged colours of a
+   face survive, far too few to identify anyone;
+2. the block colours are quantized (:data:`QUANT` levels per step); ``blur`` dithers
+   that rounding with random noise first, so the exact averages cannot be recovered
+   either, and averaging many maskings of the same photo converges to the block
+   averages, never back towards the face;
+3. only then is the result shown: ``pixelate`` as square blocks, each the (quantized)
+   mean of exactly the pixels it covers; ``blur`` interpolated smoothly between the
+   block colours and Gaussian-blurred at the block scale, so it looks like a plain
+   strong blur with no grain (all randomness is at the block scale, then blurred).
 
-``fill`` replaces the region with one colour. Large regions (whole people) are
-stylised at a capped working size and resized, so a full-frame person costs no more
-than a face.
+Nothing finer than one block reaches the output, so deconvolution has nothing to
+restore. ``fill`` replaces the region with one colour. The work arrays are a few
+pixels per block, so a full-frame person costs no more than a face.
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ import numpy as np
 #: Blocks across the object at strength 0 and at strength 100.
 BLOCKS = {"blur": (4.0, 2.0), "pixelate": (4.5, 2.5)}
 MIN_BLOCK_PX = 2.0
-#: Standard deviation (0-255 levels) of the noise added to each block.
-BLOCK_NOISE = {"blur": 4.0, "pixelate": 10.0}
-#: ``blur``: Gaussian sigma (in blocks), diffusion radius (in blocks), grain (levels).
-BLUR_SIGMA, DIFFUSE, GRAIN = 0.6, 1.0, 18.0
-#: Longest side at which ``blur`` is stylised; larger regions are resized afterwards.
-WORK_MAX = 768
-#: ``blur`` is smoothed at this many pixels per block (cheap at any size).
+#: Quantization step (0-255 levels) of the block colours; ``blur`` dithers it.
+QUANT = {"blur": 8, "pixelate": 4}
+#: ``blur``: Gaussian sigma, in blocks, applied after interpolating between blocks.
+BLUR_SIGMA = 0.5
+#: ``blur`` is smoothed at this many samples per block, then resized to the region.
 _UPSCALE = 8
 
 
@@ -52,24 +50,20 @@ def _grid(w: int, h: int, block: float) -> tuple[int, int]:
     return max(1, int(round(w / block))), max(1, int(round(h / block)))
 
 
-def block_alpha(alpha: np.ndarray, size: float, strength: int) -> np.ndarray:
-    """``pixelate``'s alpha snapped to its block grid: a block is as opaque as its most
-    opaque pixel, so the outline is a staircase of whole blocks, not a smooth oval."""
-    h, w = alpha.shape
-    nw, nh = _grid(w, h, block_size(size, strength, "pixelate"))
-    # the same cell edges as cv2's nearest-neighbour upscaling in render()
-    xs = np.unique(np.floor(np.arange(nw) * (w / nw)).astype(int))
-    ys = np.unique(np.floor(np.arange(nh) * (h / nh)).astype(int))
-    cells = np.maximum.reduceat(np.maximum.reduceat(alpha, xs, axis=1), ys, axis=0)
-    return np.repeat(np.repeat(cells, np.diff(np.append(ys, h)), axis=0), np.diff(np.append(xs, w)), axis=1)
+def _edges(n: int, cells: int) -> np.ndarray:
+    """Integer start of each of ``cells`` near-equal cells over ``n`` pixels."""
+    return np.floor(np.arange(cells) * (n / cells)).astype(np.intp)
 
 
-def _destroyed(crop: np.ndarray, block: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """The crop box-averaged down to blocks of ``block`` px, plus noise (float32)."""
+def block_means(crop: np.ndarray, block: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact mean colour of each block (float64 ``nh x nw x 3``) and the cells' row and
+    column starts: every pixel belongs to exactly one block, with weight one."""
     h, w = crop.shape[:2]
     nw, nh = _grid(w, h, block)
-    small = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32).reshape(nh, nw, -1)
-    return small + rng.normal(0.0, sigma, small.shape).astype(np.float32)
+    xs, ys = _edges(w, nw), _edges(h, nh)
+    sums = np.add.reduceat(np.add.reduceat(crop, xs, axis=1, dtype=np.uint64), ys, axis=0, dtype=np.uint64)
+    counts = np.outer(np.diff(np.append(ys, h)), np.diff(np.append(xs, w)))
+    return sums / counts[:, :, None], ys, xs
 
 
 def render(
@@ -87,25 +81,19 @@ def render(
         return np.full((h, w, 3), color, dtype=np.uint8)
     if style not in BLOCKS:
         raise ValueError(f"unknown style {style!r}")
-    rng = rng if rng is not None else np.random.default_rng()
     block = block_size(size, strength, style)
-    small = np.clip(_destroyed(crop, block, BLOCK_NOISE[style], rng), 0, 255)
+    q = QUANT[style]
     if style == "pixelate":
-        return cv2.resize((small + 0.5).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).reshape(h, w, 3)
-    scale = min(1.0, WORK_MAX / max(h, w))
-    ww, wh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    nh, nw = small.shape[:2]
+        means, ys, xs = block_means(crop, block)
+        tiles = np.clip(np.round(means / q) * q, 0, 255).astype(np.uint8)
+        rows, cols = np.diff(np.append(ys, h)), np.diff(np.append(xs, w))
+        return np.repeat(np.repeat(tiles, rows, axis=0), cols, axis=1)
+    rng = rng if rng is not None else np.random.default_rng()
+    nw, nh = _grid(w, h, block)
+    small = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32).reshape(nh, nw, 3)
+    small = np.round((small + rng.uniform(-q / 2, q / 2, small.shape).astype(np.float32)) / q) * q  # dithered
     up = cv2.resize(small, (nw * _UPSCALE, nh * _UPSCALE), interpolation=cv2.INTER_LINEAR)
     up = cv2.GaussianBlur(up, (0, 0), sigmaX=_UPSCALE * BLUR_SIGMA, borderType=cv2.BORDER_REPLICATE)
-    work = cv2.resize(up, (ww, wh), interpolation=cv2.INTER_LINEAR).reshape(wh, ww, 3)
-    d = DIFFUSE * block * scale
-    if d >= 1:  # frosted glass: every pixel taken from a random neighbour
-        mx = np.arange(ww, dtype=np.float32)[None, :] + rng.uniform(-d, d, (wh, ww)).astype(np.float32)
-        my = np.arange(wh, dtype=np.float32)[:, None] + rng.uniform(-d, d, (wh, ww)).astype(np.float32)
-        work = cv2.remap(work, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
-    if GRAIN:
-        work += rng.normal(0.0, GRAIN, (wh, ww, 1)).astype(np.float32)
-    out = (np.clip(work, 0, 255) + 0.5).astype(np.uint8)
-    if (ww, wh) != (w, h):
-        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
-    return out
+    up8 = (np.clip(up, 0, 255) + 0.5).astype(np.uint8)  # resized as uint8: 3 bytes per region pixel
+    shrink = w < up8.shape[1] or h < up8.shape[0]
+    return cv2.resize(up8, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR).reshape(h, w, 3)

@@ -14,9 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from veil.detection.boxes import mostly_inside
 from veil.detection.types import ALL_KINDS, Detection
 from veil.errors import OptionsError
 from veil.imageio import CONTENT_TYPES, DEFAULT_LIMITS, Limits, LoadedImage, atomic_write, encode_image, load_image
+from veil.imageio.icc import output_profile
 from veil.masking import MaskedRegion, mask_detections
 from veil.pipeline.options import Options
 
@@ -34,7 +36,8 @@ class Report:
     format_out: str | None = None
     detections: dict[str, int] = field(default_factory=dict)
     regions: list[MaskedRegion] = field(default_factory=list)
-    #: Faces the verify pass still found in the output (all of them re-hidden); None = not run.
+    #: Faces the verify pass still found in the output, away from the regions already hidden
+    #: (all of them re-hidden); None = not run.
     verify_found: int | None = None
     metadata_removed: list[str] = field(default_factory=list)
     metadata_kept: list[str] = field(default_factory=list)
@@ -131,13 +134,15 @@ def anonymize(
     *,
     regions: list[Detection] | None = None,
     engine: Any = None,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, Report]:
     """Hide what ``options`` asks for in ``image``; returns the new RGB array and a report.
 
     With ``regions`` (manual corrections), exactly those are hidden and nothing is
     detected. Otherwise the engine of ``options.preset`` runs for ``options.targets``,
     and with ``options.verify_enabled`` the output is scanned for faces once more and
-    anything found is hidden again at full strength.
+    any found away from the regions already hidden is hidden at full strength. ``rng`` seeds the masks' random
+    dithering (tests); None draws fresh entropy, as production must.
     """
     report = Report(
         width=image.width,
@@ -146,7 +151,7 @@ def anonymize(
         preset=options.preset,
         orientation_applied=image.orientation,
         timings_ms={"decode": image.decode_ms},
-        metadata_removed=[m for m in image.metadata if not (m == "icc" and image.icc_profile)],
+        metadata_removed=_metadata_removed(image, options),
     )
     if image.frames > 1:
         report.notes.append(f"only the primary image of {image.frames} was kept")
@@ -167,15 +172,19 @@ def anonymize(
         report.detections[d.target] = report.detections.get(d.target, 0) + 1
 
     t0 = time.perf_counter()
-    out, masked = mask_detections(image.rgb, dets, options, stage=stage)
+    rng = rng if rng is not None else np.random.default_rng()
+    out, masked = mask_detections(image.rgb, dets, options, stage=stage, rng=rng)
     report.regions = masked
     report.timings_ms["mask"] = _ms(t0)
 
     if regions is None and options.verify_enabled:
         t0 = time.perf_counter()
         found = [d for d in engine.detect(out, targets=("face",)) if d.target == "face"]
+        # a face found mostly on a region already hidden is that region seen again, not a miss
+        hidden = mostly_inside(np.array([d.box for d in found], np.float32), np.array([r.box for r in report.regions], np.float32))
+        found = [d for d, h in zip(found, hidden) if not h]
         if found:
-            out, again = mask_detections(out, found, options, strength=VERIFY_STRENGTH, stage="verify")
+            out, again = mask_detections(out, found, options, strength=VERIFY_STRENGTH, stage="verify", rng=rng)
             report.regions += again
         report.verify_found = len(found)
         report.timings_ms["verify"] = _ms(t0)
@@ -196,22 +205,33 @@ def anonymize_bytes(
     return _encoded(image, out, report, options)
 
 
+def _icc(image: LoadedImage, options: Options) -> tuple[bytes | None, str | None]:
+    """The profile the output carries and what of the input's was removed (see imageio.icc)."""
+    return output_profile(image.icc_profile, keep_text="icc" in options.keep_metadata)
+
+
+def _metadata_removed(image: LoadedImage, options: Options) -> list[str]:
+    removed = _icc(image, options)[1] if image.icc_profile else "icc"
+    return [m for m in image.metadata if m != "icc"] + ([removed] if "icc" in image.metadata and removed else [])
+
+
 def _encoded(image: LoadedImage, out: np.ndarray, report: Report, options: Options) -> AnonymizeResult:
     t0 = time.perf_counter()
     fmt = options.format or image.format
     keep = {k: image.safe_metadata[k] for k in options.keep_metadata if k in image.safe_metadata and k != "icc"}
+    icc = _icc(image, options)[0]
     payload = encode_image(
         out,
         image.alpha,
         fmt,
         quality=options.quality or image.quality,
-        icc_profile=image.icc_profile,
+        icc_profile=icc,
         keep=keep,
         subsampling=image.subsampling if fmt == image.format == "jpeg" else None,
     )
     report.timings_ms["encode"] = _ms(t0)
     report.format_out = fmt
-    report.metadata_kept = (["icc"] if image.icc_profile else []) + sorted(keep)
+    report.metadata_kept = (["icc"] if icc else []) + sorted(keep)
     if image.alpha is not None and fmt == "jpeg":
         report.notes.append("transparency flattened onto white (JPEG has no alpha)")
     return AnonymizeResult(payload, CONTENT_TYPES[fmt], fmt, report)
