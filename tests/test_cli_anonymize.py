@@ -125,14 +125,17 @@ def test_in_place_replaces_atomically(tree):
 
 
 def test_dry_run_writes_nothing(tree, tmp_path):
-    """Every target (the default), with the cheap preset: the photos hold faces and people."""
+    """The default targets (faces and plates), with the cheap preset: the photos hold faces
+    and people, and people are hidden only on request."""
     before = _digest(tree)
     res = run(tree, "-o", tmp_path / "out", "--dry-run", "--preset", "fast")
     assert res.exit_code == 1  # the bad file still counts
     assert not (tmp_path / "out").exists() and _digest(tree) == before
     assert "would hide face" in res.output and "blur/ellipse" in res.output and "would remove metadata" in res.output
-    assert "would hide person" in res.output and "blur/box" in res.output
+    assert "would hide person" not in res.output
     assert "2 image(s) checked, 1 failed" in res.output
+    res = run(tree, "-o", tmp_path / "out", "--dry-run", "--preset", "fast", "--targets", "face,person,plate")
+    assert "would hide person" in res.output and "blur/box" in res.output
 
 
 @pytest.mark.parametrize(

@@ -284,3 +284,9 @@ def test_end_to_end_rotated_jpeg_is_upright_with_upright_boxes(engine, real_face
     core = np.asarray(out)[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20].astype(float)
     assert np.abs(core - rgb[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20]).mean() > 10
     assert res.report.models  # names and versions from the engine
+
+
+def test_default_targets_are_faces_and_plates():
+    """People are hidden on request only: a person box blurs most of a portrait."""
+    assert Options().targets == ("face", "plate") == Options.from_mapping({}).targets
+    assert Options.from_mapping({"targets": ["face", "person", "plate"]}).targets == ("face", "person", "plate")

@@ -146,6 +146,7 @@ def test_anonymize_sync(client):
     assert r.headers["content-type"] == "image/jpeg" and r.content != grace
     report = json.loads(r.headers["x-veil-report"])
     assert report["detections"].get("face", 0) >= 1
+    assert "person" not in report["detections"]  # default targets: faces and plates, people on request
     # raw body + options in the query string, asking for PNG out
     r = client.post(
         "/api/v1/anonymize",

@@ -284,7 +284,7 @@ def anonymize(
     paths: list[Path] = typer.Argument(..., help="Image or video files, or folders (searched recursively)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder; mirrors the input tree. Default: photo.anonymized.jpg beside each photo."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the originals (atomically)."),
-    targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: all)."),
+    targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: face,plate; add person for whole bodies)."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="fast, balanced (default) or thorough."),
     style: Optional[str] = typer.Option(None, "--style", help="blur (default), pixelate or fill."),
     shape: Optional[str] = typer.Option(None, "--shape", help="box, ellipse or mask (default: ellipse for faces, box otherwise)."),

@@ -25,6 +25,8 @@ VIDEO_CODECS = ("h264", "hevc")
 AUDIO_MODES = ("keep", "drop")
 #: Metadata fields that may be kept on request: none of them identifies a person or place.
 SAFE_METADATA = ("icc", "orientation", "dpi", "copyright", "artist", "datetime")
+#: What is hidden when no targets are given (CLI, API and web page alike).
+DEFAULT_TARGETS = ("face", "plate")
 _COLOR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
 
@@ -69,9 +71,10 @@ class TargetStyle:
 
 @dataclass
 class Options:
-    """What to hide and how. Defaults: faces, people and plates; blur; strength 30."""
+    """What to hide and how. Defaults: faces and plates; blur; strength 30."""
 
-    targets: tuple[str, ...] = TARGETS
+    #: Whole people only on request: a person box blurs most of a portrait.
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     preset: str = "balanced"
     style: str = "blur"
     #: ``None`` means the per-target default: ellipse for faces and heads, box otherwise.
