@@ -94,9 +94,11 @@ def test_uploads_and_results_never_touch_disk():
         assert not _scan(roots, start, needles)
         c.delete(f"/api/v1/jobs/{job_id}")
 
-    # the data dir holds only the database and the webhook secret, all private
+    # the data dir holds only the database, the webhook secret and the (video) spool
+    # directory, empty here, all private
     names = {p.name for p in data_dir.iterdir()}
-    assert names <= {"veil-server.sqlite3", "veil-server.sqlite3-wal", "veil-server.sqlite3-shm", "webhook_secret"}
+    assert names <= {"veil-server.sqlite3", "veil-server.sqlite3-wal", "veil-server.sqlite3-shm", "webhook_secret", "spool"}
+    assert not list((data_dir / "spool").iterdir())  # photos are never spooled
     assert (data_dir.stat().st_mode & 0o777) == 0o700
     for p in data_dir.iterdir():
         assert (p.stat().st_mode & 0o077) == 0, p
