@@ -177,18 +177,21 @@ def test_only_veils_own_temporaries_of_planned_outputs_are_removed(tmp_path):
     assert not mine.exists() and other_output.exists() and not_veils.exists()
 
 
-def test_workers_arm_the_parent_death_signal():
-    """In a child process: ``die_with_parent`` uses prctl on Linux and the child then
-    dies when its parent is killed (the parent here is a shell we kill)."""
-    if not sys.platform.startswith("linux"):
+@pytest.mark.parametrize("means", ["pdeathsig", "watch"])
+def test_a_worker_dies_with_its_parent(means):
+    """In a child process: ``die_with_parent`` uses prctl on Linux (the parent watch
+    elsewhere, forced here for the second case), and the child dies when its parent is
+    killed (the parent here is a shell we kill)."""
+    if means == "pdeathsig" and not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux only; elsewhere the parent watch is used")
-    code = ("import os, sys, time; from veil.cli.lifeline import die_with_parent; "
-            "print(die_with_parent(os.getppid()), flush=True); time.sleep(120)")  # fmt: skip
+    force = "l._pdeathsig = lambda: False; " if means == "watch" else ""
+    code = ("import os, time; import veil.cli.lifeline as l; " + force +
+            "print(l.die_with_parent(os.getppid()), flush=True); time.sleep(120)")  # fmt: skip
     shell = subprocess.Popen(["/bin/sh", "-c", f'{sys.executable} -c "{code}" & echo $!; wait'],
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         child = int(shell.stdout.readline())
-        assert shell.stdout.readline().strip() == "pdeathsig"
+        assert shell.stdout.readline().strip() == means
         shell.send_signal(signal.SIGKILL)
         shell.wait(30)
         _poll(lambda: not _alive(child), 10, "the child to die with its parent")
