@@ -33,6 +33,9 @@ _AUDIO_COPY = {
     "matroska": {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3", "pcm_s16le", "alac", "dts"},
     "mpegts": {"aac", "mp3", "ac3", "eac3", "opus"},
 }
+#: Tags that only describe the file's structure (left out of the report's "removed" list).
+_STRUCTURAL = {"major_brand", "minor_version", "compatible_brands", "handler_name", "language", "vendor_id",
+               "duration", "_statistics_tags", "_statistics_writing_app", "number_of_frames", "number_of_bytes", "bps"}  # fmt: skip
 #: Safe ``--keep-metadata`` fields and the container tags they keep.
 _KEEPABLE_TAGS = {"copyright": ("copyright",), "artist": ("artist", "author"), "datetime": ("creation_time", "date")}
 
@@ -123,7 +126,9 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     frames = int(v.frames or 0)
     if not frames and duration:
         frames = int(round(duration * float(rate)))
-    tags = [f"container:{k}" for k in container.metadata] + [f"stream:{k}" for s in container.streams for k in s.metadata]
+    tags = [k.lower().split("-")[0] for k in container.metadata]
+    tags += [k.lower().split("-")[0] for s in container.streams for k in s.metadata]
+    tags = [t for t in tags if t not in _STRUCTURAL and not t.startswith("_statistics")]
     return VideoInfo(
         container=family, width=cc.width, height=cc.height, rotation=0, frames=frames, fps=float(rate),
         duration_s=duration, codec=cc.name, bit_rate=int(cc.bit_rate or container.bit_rate or 0),
@@ -189,6 +194,7 @@ class VideoWriter:
         except Exception:
             raise VideoError(f"the {codec or 'h264'} encoder is not available in this PyAV build") from None
         self.out = av.open(dst, "w", format=self.format)
+        self.out.flags |= av.container.Flags.bitexact.value  # no muxer/encoder version tags
         src_v = source.streams.video[0]
         self.time_base = src_v.time_base or Fraction(1, 90000)
         v = self.out.add_stream(name, rate=Fraction(info.fps).limit_denominator(100000) if info.fps else 25)

@@ -138,6 +138,10 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
     (detection and tracking only). Raises :class:`VideoError` for unusable input.
     """
     src = str(src) if isinstance(src, Path) else src
+    if engine is None:
+        from veil.detection.engine import get_engine
+
+        engine = get_engine(options.preset)
     t0 = time.perf_counter()
     info, frames, shots, _times = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
     t_detect = time.perf_counter()
@@ -148,6 +152,8 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
         for d in dets or ():
             rep.detections[d.target] = rep.detections.get(d.target, 0) + 1
     rep.tracks, rep.frames_filled, rep.lost = tp.tracks, tp.filled_frames, tp.lost
+    if hasattr(engine, "model_names"):
+        rep.models = list(engine.model_names(tuple(options.targets)))
     rep.metadata_removed = list(info.metadata) + [f"{s} stream" for s in info.dropped_streams]
     if info.rotation:
         rep.notes.append(f"turned upright: frames rotated {info.rotation} degrees, rotation tag removed")
