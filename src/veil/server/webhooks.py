@@ -224,8 +224,10 @@ def post_once(url: str, headers: Mapping[str, str], body: bytes, *, deadline: fl
         if https:
             sock.settimeout(left())  # CPython bounds the whole handshake by it
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=tls_name or host)
-        sock.settimeout(left())
-        sock.sendall(request)  # the timeout bounds the whole sendall
+        view = memoryview(request)
+        while view:  # a receiver that reads slowly gets no more time than one that does not
+            sock.settimeout(left())
+            view = view[sock.send(view) :]
         buf = b""
         while True:
             end = buf.find(b"\r\n\r\n")
