@@ -54,7 +54,7 @@ def _png(width: int, height: int, raw: bytes, *extra: bytes, color_type: int = 0
             + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b""))
 
 
-def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+def patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
     b = bytearray(data)
     i = 2
     while i + 4 < len(b):
@@ -132,7 +132,7 @@ def corpus() -> list[Case]:
 
     # bombs: huge-dimension headers, pixel bombs from tiny files, zlib bombs
     for side in (12000, 65000):
-        add(Case(f"bomb/JPEG/{side}", _patch_jpeg_size(base["JPEG"], side, side), "refuse"))
+        add(Case(f"bomb/JPEG/{side}", patch_jpeg_size(base["JPEG"], side, side), "refuse"))
         add(Case(f"bomb/PNG/{side}", _patch_png_size(base["PNG"], side, side), "refuse"))
         add(Case(f"bomb/HEIF/{side}", _patch_heif_size(base["HEIF"], side, side), "refuse"))
         add(Case(f"bomb/BMP/{side}", _patch_bmp_size(base["BMP"], side, side), "refuse"))
@@ -140,8 +140,8 @@ def corpus() -> list[Case]:
         add(Case(f"bomb/TIFF/{side}", _tiff_huge(side, side), "refuse"))
     add(Case("bomb/WEBP/16383", _patch_webp_size(base["WEBP"], 16383, 16383), "refuse"))
     progressive = encode(photo, "JPEG", quality=85, progressive=True)
-    add(Case("bomb/JPEG/progressive-12000", _patch_jpeg_size(progressive, 12000, 12000), "refuse"))
-    add(Case("bomb/JPEG/thin-30000x8000", _patch_jpeg_size(base["JPEG"], 30000, 8000), "refuse"))
+    add(Case("bomb/JPEG/progressive-12000", patch_jpeg_size(progressive, 12000, 12000), "refuse"))
+    add(Case("bomb/JPEG/thin-30000x8000", patch_jpeg_size(base["JPEG"], 30000, 8000), "refuse"))
     add(Case("bomb/PNG/zlib-idat-60000", _png(60000, 60000, b"\0" * (60001 * 64)), "refuse"))
     add(Case("bomb/PNG/zlib-idat-overlong", _png(64, 64, b"\0" * (65 * 64) + b"\0" * 50_000_000, level=9), "any"))
     big_text = zlib.compress(b"A" * 64_000_000, 9)
@@ -194,7 +194,7 @@ def corpus() -> list[Case]:
     add(Case("shape/1x4000", encode(Image.new("RGB", (1, 4000), (9, 9, 9)), "PNG"), "any"))
     add(Case("shape/4000x2", encode(Image.new("RGB", (4000, 2), (9, 9, 9)), "JPEG"), "any"))
     add(Case("shape/PNG-0x0", _patch_png_size(base["PNG"], 0, 0), "refuse"))
-    add(Case("shape/JPEG-0x0", _patch_jpeg_size(base["JPEG"], 0, 0), "refuse"))
+    add(Case("shape/JPEG-0x0", patch_jpeg_size(base["JPEG"], 0, 0), "refuse"))
 
     # wrong types
     for label, blob in (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from hostile_corpus import patch_jpeg_size
 from test_server_support import (
     FAST,
     Receiver,
@@ -67,15 +67,7 @@ def jpeg_claiming(width: int, height: int, target_bytes: int = 5500) -> bytes:
         if len(buf.getvalue()) >= target_bytes:
             break
         side += 8
-    data = bytearray(buf.getvalue())
-    i = 2
-    while i < len(data):
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
-            return bytes(data)
-        i += 2 + length
-    raise AssertionError("no SOF marker")
+    return patch_jpeg_size(buf.getvalue(), width, height)
 
 
 # -- defect 2: pixel budget per request, ratio rule, decode-time budget ------------------------
