@@ -312,3 +312,78 @@ def test_one_receiver_holds_at_most_two_sender_threads():
         slow.close()  # ends the attempts under way, so that stop() need not wait for their limit
         sender.stop()
         fast.close()
+
+
+def test_https_webhook_to_the_checked_address_with_the_host_names_certificate(monkeypatch, tmp_path):
+    """TLS: the attempt connects to the checked address and checks the certificate
+    against the URL's host name (SNI); a certificate for another name is refused."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from veil.server.webhooks import WebhookSender
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))  # fmt: skip
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    got: list[dict] = []
+    arrived = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            got.append({"host": self.headers["Host"], "body": body})
+            self.send_response(204)
+            self.end_headers()
+            arrived.set()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    real = socket.getaddrinfo
+
+    def fake_dns(host, *args, **kwargs):  # the outside world: two names for this machine
+        if host in ("hooks.example", "other.example"):
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trust the test's own certificate
+    results: list[tuple[str, str]] = []
+    sender = WebhookSender(allow_private=False, allow_local=True, timeout=5, backoff=60, max_seconds=600,
+                           on_result=lambda job, status, attempts: results.append((job, status)))  # fmt: skip
+    sender.start()
+    try:
+        sender.send(f"https://other.example:{port}/hook", "job.done", {"n": 1}, "s3cret", job_id="wrong-name")
+        sender.send(f"https://hooks.example:{port}/hook", "job.done", {"n": 2}, "s3cret", job_id="right-name")
+        assert arrived.wait(30)
+        _wait_for(lambda: len(results) == 2)
+        assert dict(results) == {"right-name": "delivered", "wrong-name": "retrying"}
+        assert got == [{"host": f"hooks.example:{port}", "body": b'{"n":2}'}]
+    finally:
+        sender.stop()
+        httpd.shutdown()
+        httpd.server_close()
