@@ -33,6 +33,8 @@ def die_with_parent(parent: int) -> str:
 
 
 def _pdeathsig() -> bool:
+    # The signal follows the *thread* that started this process; ProcessPoolExecutor
+    # starts spawn workers from the thread that submits (the command's main thread).
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0

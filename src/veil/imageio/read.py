@@ -52,7 +52,7 @@ class LoadedImage:
     rgb: np.ndarray  #: ``(H, W, 3)`` uint8, EXIF orientation applied
     alpha: np.ndarray | None  #: ``(H, W)`` uint8 or None, re-attached on output
     format: str  #: sniffed: jpeg, png, webp, heif, tiff, bmp
-    icc_profile: bytes | None = None  #: an RGB profile valid for ``rgb`` (kept on output)
+    icc_profile: bytes | None = None  #: the RGB profile for ``rgb``, as found (output: see imageio.icc)
     quality: int = DEFAULT_QUALITY  #: estimated JPEG quality (92 when unknown)
     metadata: list[str] = field(default_factory=list)  #: blocks found (exif, gps, xmp...)
     safe_metadata: dict[str, Any] = field(default_factory=dict)  #: keepable fields
