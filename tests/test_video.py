@@ -217,6 +217,8 @@ def test_cli_mixed_folder_report_dry_run_and_bad_videos(tmp_path, photos):
     rep = video["report"]
     assert rep["frames"] == 8 and rep["tracks"].get("face", 0) >= 1 and "frames_filled" in rep and "lost" in rep
     assert rep["audio"] == "copied"
+    again = _veil("anonymize", str(src), "-o", str(out), "--targets", "face", "--jobs", "1")
+    assert "2 skipped" in " ".join(again.output.split()), again.output  # the video and the photo are complete
     dry = _veil("anonymize", str(src / "clip.mp4"), "--dry-run", "--targets", "face")
     assert dry.exit_code == 0 and "tracks:" in dry.output and "8 frames" in dry.output, dry.output
     assert not (src / "clip.anonymized.mp4").exists()

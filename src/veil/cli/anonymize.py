@@ -349,7 +349,7 @@ def anonymize(
         for src, dst in videos:  # one at a time, in this process: a video keeps every core busy
             if any(it.get("fatal") for it in items):
                 break
-            done(process_video(src, dst, options, dry_run, in_place, bar))
+            done(_recorded(process_video(src, dst, options, dry_run, in_place, bar, manifest is not None), manifest))
     summary = _summary(items, dry_run)
     _print_summary(summary)
     if report is not None:

@@ -14,6 +14,7 @@ from typing import IO, Any
 from rich.progress import Progress
 
 from veil.cli.common import record_failure
+from veil.cli.resume import file_sha256
 from veil.errors import VeilError
 from veil.pipeline.options import Options
 from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
@@ -56,8 +57,11 @@ class _Bar:
             self.bar.remove_task(self.task)
 
 
-def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_place: bool, bar: Progress | None) -> dict[str, Any]:
-    """Anonymize one video; never raises for a bad file (the batch goes on)."""
+def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_place: bool, bar: Progress | None,
+                  hashes: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Anonymize one video; never raises for a bad file (the batch goes on). With
+    ``hashes``, ``item["_hashes"]`` holds the SHA-256 of the input and the output (the
+    resume record, as for photos)."""
     item: dict[str, Any] = {"path": str(src), "output": None if dry_run else str(dst), "ok": False, "kind": "video"}
     progress = _Bar(bar, src.name)
     try:
@@ -65,8 +69,11 @@ def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_plac
             raise VeilError(f"cannot be anonymized in place: it is written as {dst.suffix} (use -o)")
         if not dry_run:
             dst.parent.mkdir(parents=True, exist_ok=True)
+        source_sha = file_sha256(src) if hashes and not dry_run else ""
         report = anonymize_video(str(src), None if dry_run else dst, options, progress=progress)
         item.update(ok=True, report=report.to_json())
+        if source_sha:
+            item["_hashes"] = (source_sha, file_sha256(dst))
     except Exception as exc:  # noqa: BLE001 (recorded per file, see record_failure)
         record_failure(item, exc)
     finally:
