@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import httpx
 import pytest
 from test_server_support import FAST, Receiver, assert_problem, small_photo, start_server, wait_job
 from video_clips import PATTERN, face_clip, frame_count
+from video_media import audio_only
+from video_media import face_clip as write_clip
 
 from veil.server.config import ServerConfig, ServerLimits
 
@@ -168,19 +171,31 @@ def test_video_over_the_limit_is_413_and_leaves_no_spool(srv, client):
     assert not _spool_files(srv.state.config.data_dir)
 
 
-def test_bad_videos_fail_per_file_with_the_reason(srv, client):
+def test_bad_videos_refused_at_upload_or_failing_alone(srv, client, tmp_path):
     clip = face_clip(1.0)
-    truncated = clip[: len(clip) // 3]
-    r = _post(client, [("files", ("cut.mp4", truncated, "video/mp4")), ("files", ("p.jpg", small_photo(), "image/jpeg"))])
+    # what the header already tells: 415 naming the file and the reason, nothing left on disk
+    audio = tmp_path / "voice.mp4"
+    audio_only(audio)
+    for name, data, reason in (("cut.mp4", clip[: len(clip) // 3], "truncated"),
+                               ("voice.mp4", audio.read_bytes(), "no video stream")):
+        r = _post(client, [("files", ("p.jpg", small_photo(), "image/jpeg")), ("files", (name, data, "video/mp4"))])
+        body = assert_problem(r, 415, "files[1]")
+        assert reason in body["detail"], body
+        assert not _spool_files(srv.state.config.data_dir)
+    # what only decoding tells (a sound header, garbage after it): that file fails alone
+    mkv = tmp_path / "c.mkv"
+    write_clip(mkv, frames=12, container="matroska")
+    raw = mkv.read_bytes()
+    broken = raw[:1000] + bytes(random.Random(3).getrandbits(8) for _ in range(len(raw) - 1000))
+    r = _post(client, [("files", ("broken.mkv", broken, "video/x-matroska")), ("files", ("p.jpg", small_photo(), "image/jpeg"))])
     assert r.status_code == 202, r.text
     done = wait_job(client, r.json()["id"])
     bad, good = done["images"]
-    assert bad["status"] == "failed" and bad["kind"] == "video" and bad["error"], bad
-    assert "internal error" not in bad["error"]
-    assert good["status"] == "done"
-    assert client.get(f"/api/v1/jobs/{done['id']}/images/0").status_code == 409
+    assert bad["status"] == "failed" and bad["kind"] == "video" and "corrupt video data" in bad["error"], bad
+    assert good["status"] == "done" and done["status"] == "done"
+    assert_problem(client.get(f"/api/v1/jobs/{done['id']}/images/0"), 409)
+    assert len(_spool_files(srv.state.config.data_dir)) == 0  # the upload shredded, no result kept
     client.delete(f"/api/v1/jobs/{done['id']}")
-    assert not _spool_files(srv.state.config.data_dir)
 
 
 def test_a_video_on_the_synchronous_endpoint_is_refused_clearly(client):

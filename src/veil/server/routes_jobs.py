@@ -18,6 +18,7 @@ from veil.server.problems import PROBLEM_JSON, Problem, field_error, options_pro
 from veil.server.ranges import ranged_response
 from veil.server.config import ServerLimits
 from veil.server.uploads import Form, UploadLimits, check_image, header_pixels, read_multipart, shred_spools
+from veil.server.videojobs import check_video
 from veil.server.webhooks import WebhookURLError, check_callback_url
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -103,7 +104,8 @@ def _check_all(parts: list, lim: ServerLimits) -> None:
     image_limits = lim.image_limits()
     total = 0
     for i, p in enumerate(parts):
-        if p.spool is not None:  # a video: the video core checks it (a per-file failure)
+        if p.spool is not None:  # a video: its header here, the rest when it runs (a per-file failure)
+            check_video(p, i)
             continue
         check_image(p, i, image_limits)
         total += header_pixels(p)

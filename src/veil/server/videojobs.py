@@ -12,7 +12,8 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from veil.errors import VeilError
+from veil.errors import VeilError, VideoError
+from veil.server.problems import Problem, field_error
 from veil.server.store import dumps
 
 if TYPE_CHECKING:
@@ -27,6 +28,23 @@ def load_video_core() -> Callable[..., Any]:
     from veil.video import anonymize_video  # lazily: the server starts without the video stack
 
     return anonymize_video
+
+
+def check_video(part: Any, index: int, field: str = "files") -> None:
+    """415 at upload for a video whose header already shows it cannot be used (no video
+    stream, an unreadable or truncated container); what only decoding can tell fails later,
+    per file. Only the header is read (through the encrypted spool)."""
+    from veil.video.container import open_input
+
+    where = f"{field}[{index}]"
+    part.spool.seek(0)
+    try:
+        container, _ = open_input(part.spool)
+        container.close()
+    except VideoError as exc:
+        raise Problem(415, f"{where}: {exc}", slug="unsupported-media-type", errors=[field_error(where, str(exc))]) from None
+    finally:
+        part.spool.seek(0)
 
 
 def sha256_of(f: Any) -> str:
