@@ -307,3 +307,44 @@ def test_download_links_open_one_result_without_the_key(tmp_path):
             assert_problem(anon.get(link["url"]), 401)  # a revoked key's links die with it
     finally:
         srv.stop()
+
+
+def test_results_shredded_when_deleted_mid_run_downloaded_or_expired(srv, client, tmp_path):
+    data_dir = srv.state.config.data_dir
+    # deleted while it runs: the worker stops and both spool files go
+    r = _post(client, [("files", ("long.mp4", face_clip(8.0, 12, (640, 480), 160), "video/mp4"))])
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while not (client.get(f"/api/v1/jobs/{job_id}").json()["images"][0]["progress"] or {}).get("frames_done"):
+        assert time.monotonic() < deadline, "the video never started"
+        time.sleep(0.02)
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    deadline = time.monotonic() + 60
+    while _spool_files(data_dir) or srv.state.queue.stats().get("running"):
+        assert time.monotonic() < deadline, f"spool files left after a delete: {_spool_files(data_dir)}"
+        time.sleep(0.05)
+    # delete_after_download: a whole download shreds the result; a partial one does not
+    r = _post(client, [("files", ("c.mp4", face_clip(1.0), "video/mp4"))], delete_after_download="true")
+    done = wait_job(client, r.json()["id"])
+    url = done["images"][0]["url"]
+    assert client.get(url, headers={"Range": "bytes=0-9"}).status_code == 206
+    assert len(_spool_files(data_dir)) == 1
+    assert client.get(url).status_code == 200
+    deadline = time.monotonic() + 10
+    while _spool_files(data_dir):  # the background task after the response
+        assert time.monotonic() < deadline, "the downloaded result was not shredded"
+        time.sleep(0.05)
+    # expiry: a short-lived server sweeps the job and shreds its result
+    short = start_server(ServerConfig(data_dir=tmp_path / "server", workers=1, ttl=1, sweep_interval=0.2))
+    try:
+        with short.client() as c:
+            r = _post(c, [("files", ("c.mp4", face_clip(1.0), "video/mp4"))])
+            wait_job(c, r.json()["id"])
+            assert len(_spool_files(tmp_path / "server")) == 1
+            deadline = time.monotonic() + 20
+            while _spool_files(tmp_path / "server"):
+                assert time.monotonic() < deadline, "the expired result was not shredded"
+                time.sleep(0.1)
+            assert_problem(c.get(f"/api/v1/jobs/{r.json()['id']}"), 404)
+    finally:
+        short.stop()
