@@ -28,6 +28,7 @@ from veil.imageio.metadata import (
     icc_colorspace,
     safe_fields,
 )
+from veil.imageio.nature import Nature, read_nature
 
 pillow_heif.register_heif_opener()
 # Pillow's own guard must not fire below ours (it would only warn); above 2x it errors.
@@ -61,6 +62,8 @@ class LoadedImage:
     frames: int = 1  #: images in the file; only the first/primary one is kept
     subsampling: int | None = None  #: JPEG chroma subsampling (0, 1, 2) to reuse
     decode_ms: float = 0.0
+    #: grayscale, palette or 16-bit input, rebuilt as such on output (None: 8-bit RGB(A))
+    nature: Nature | None = None
 
     @property
     def width(self) -> int:
@@ -156,6 +159,7 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
     try:
         upright = ImageOps.exif_transpose(im) if orientation != 1 else im
         rgb, alpha, icc = _to_rgb(upright, icc)
+        nature = read_nature(im, upright, data, fmt, orientation)
     except Exception as exc:
         raise ImageError(f"cannot convert {fmt.upper()} image in mode {mode}: {exc}") from None
     limits.check_decode_time(t0, time.perf_counter())
@@ -176,6 +180,7 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
         frames=frames,
         subsampling=subsampling,
         decode_ms=(time.perf_counter() - t0) * 1000.0,
+        nature=nature,
     )
 
 

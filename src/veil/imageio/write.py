@@ -20,6 +20,7 @@ from PIL import Image
 
 import veil.imageio.read  # noqa: F401  (registers the HEIF encoder)
 from veil.errors import OptionsError
+from veil.imageio.nature import Nature, encode_rgb16, restore
 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "heif": ".heic", "tiff": ".tiff", "bmp": ".bmp"}
 CONTENT_TYPES = {
@@ -54,6 +55,8 @@ def encode_image(
     icc_profile: bytes | None = None,
     keep: Mapping[str, Any] | None = None,
     subsampling: int | None = None,
+    nature: Nature | None = None,
+    source: np.ndarray | None = None,
 ) -> bytes:
     """Encode upright ``rgb`` (+ ``alpha``) as ``fmt`` with only ICC and ``keep`` fields.
 
@@ -61,6 +64,9 @@ def encode_image(
     :func:`veil.imageio.metadata.safe_fields`); ``orientation`` stores the pixels
     rotated back with the original tag, everything else is written as-is.
     JPEG has no alpha: transparent pixels are flattened onto white, as viewers show them.
+    With the input's ``nature`` (grayscale, palette, 16-bit) and ``source`` (the 8-bit RGB
+    masking started from), the output is written as the same kind of image where ``fmt``
+    stores it, every pixel masking did not change keeping its original value.
     """
     if fmt not in _PIL_NAMES:
         raise OptionsError(f"cannot write format {fmt!r}; choose from {', '.join(_PIL_NAMES)}", field="format")
@@ -69,9 +75,15 @@ def encode_image(
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         rgb = np.clip(rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
         alpha = None
-    if alpha is not None:
+    im = None
+    if nature is not None and source is not None and _keeps(nature, fmt, keep, icc_profile):
+        restored = restore(nature, rgb, alpha, source)
+        if isinstance(restored, np.ndarray):  # 16-bit RGB: a writer Pillow does not have
+            return encode_rgb16(restored, fmt, icc_profile)
+        im = restored
+    if im is None and alpha is not None:
         im = Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA")
-    else:
+    elif im is None:
         im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
     orientation = int(keep.get("orientation") or 1)
     if orientation in _UNDO_ORIENTATION:
@@ -101,6 +113,17 @@ def encode_image(
     buf = io.BytesIO()
     im.save(buf, format=_PIL_NAMES[fmt], **params)
     return buf.getvalue()
+
+
+def _keeps(nature: Nature, fmt: str, keep: Mapping[str, Any], icc_profile: bytes | None) -> bool:
+    """Whether ``fmt`` can hold the input's kind of image with everything asked for."""
+    if not nature.stored_as(fmt):
+        return False
+    if nature.kind == "palette" and nature.index_alpha is not None:
+        return fmt == "png"  # transparent palette entries: PNG's tRNS
+    if nature.kind == "rgb16":  # written by OpenCV: an ICC profile only in PNG, no other field
+        return not keep and (fmt == "png" or not icc_profile)
+    return True
 
 
 def output_format(requested: str | None, source: str) -> str:

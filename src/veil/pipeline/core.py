@@ -228,6 +228,8 @@ def _encoded(image: LoadedImage, out: np.ndarray, report: Report, options: Optio
         icc_profile=icc,
         keep=keep,
         subsampling=image.subsampling if fmt == image.format == "jpeg" else None,
+        nature=image.nature,
+        source=image.rgb,
     )
     report.timings_ms["encode"] = _ms(t0)
     report.format_out = fmt
