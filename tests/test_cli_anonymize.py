@@ -210,12 +210,13 @@ def test_jobs_use_worker_processes(tree, tmp_path):
 
 
 def test_hide_heads_flag_reaches_the_pipeline(tmp_path, photos):
-    """zidane.jpg: one man's face is turned away, so his head is hidden from his pose."""
+    """zidane.jpg: one man's face is turned away, so his head is hidden from his pose
+    (heads come from the person pass: people must be among the targets)."""
     shutil.copy(photos["zidane"], tmp_path / "z.jpg")
     heads = {}
     for flag in ("--hide-heads", "--no-hide-heads"):
         rep = tmp_path / f"{flag}.json"
-        res = run(tmp_path / "z.jpg", "--dry-run", "--report", rep, flag)
+        res = run(tmp_path / "z.jpg", "--dry-run", "--report", rep, flag, "--targets", "face,person,plate")
         assert res.exit_code == 0, res.output
         (item,) = json.loads(rep.read_text())["images"]
         heads[flag] = [r for r in item["report"]["regions"] if r["target"] == "head"]
