@@ -458,7 +458,7 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
     the result plays from the Range-capable download (through a short-lived link, since a
     <video> cannot send the key), the original plays beside it from the local file,
     corrections are refused for it, and download and delete work as for photos."""
-    from video_clips import face_clip, frame_count
+    from video_clips import avi_clip, face_clip, frame_count
 
     clip = face_clip(3.0)
     with LiveServer(_config(require_keys=True)) as srv:
@@ -476,8 +476,9 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             page.set_input_files("#file-input", [
                 {"name": "street.mp4", "mimeType": "video/mp4", "buffer": clip},
                 {"name": "astronaut.jpg", "mimeType": "image/jpeg", "buffer": photos["astronaut"].read_bytes()},
+                {"name": "old.avi", "mimeType": "video/x-msvideo", "buffer": avi_clip()},
             ])
-            expect(page.locator("#run")).to_have_text("Anonymize 2 files")
+            expect(page.locator("#run")).to_have_text("Anonymize 3 files")
             # every status text the video's row shows, as it changes
             page.evaluate("""() => {
                 window.__statuses = [];
@@ -489,7 +490,7 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             page.locator("#run").click()
             c = card(page, "street.mp4")
             expect(c).to_have_count(1, timeout=120_000)
-            expect(page.locator("#grid .card")).to_have_count(2, timeout=60_000)
+            expect(page.locator("#grid .card")).to_have_count(3, timeout=60_000)
             statuses = page.evaluate("window.__statuses")
             n = frame_count(clip)
             frames = [s for s in statuses if re.search(rf"frame \d+ of {n}$", s)]
@@ -517,6 +518,13 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             shot(page, "10-video-compare")
             page.keyboard.press("Escape")
 
+            # an AVI: the browser can't play the original, the result (MP4) plays, the page says so
+            card(page, "old.avi").locator(".thumb").click()
+            expect(page.locator("#video-note")).to_contain_text("can't play the original")
+            expect(page.locator("#vid-before")).to_be_hidden()
+            page.wait_for_function("() => document.getElementById('vid-after').readyState >= 2", timeout=30_000)
+            page.keyboard.press("Escape")
+
             data, fname = download(page, lambda: c.get_by_role("button", name="Download street.mp4", exact=True).click())
             assert fname == "street.anonymized.mp4"
             assert frame_count(data) == n and data != clip
@@ -527,7 +535,13 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             while srv.get(f"/api/v1/jobs/{job}", authorization=f"Bearer {key}").status_code != 404:
                 assert time.monotonic() < deadline, "the video's job was not deleted on the server"
                 time.sleep(0.1)
-            assert not list((srv.state.config.data_dir / "spool").glob("*.spool"))  # shredded
+            spool = srv.state.config.data_dir / "spool"
+            assert len(list(spool.glob("*.spool"))) == 1  # street.mp4's result shredded, old.avi's left
+            card(page, "old.avi").get_by_role("button", name="Delete old.avi").click()
+            deadline = time.monotonic() + 10
+            while list(spool.glob("*.spool")):
+                assert time.monotonic() < deadline, "old.avi's result was not shredded"
+                time.sleep(0.1)
             assert not watch.errors, watch.errors
         finally:
             ctx.close()

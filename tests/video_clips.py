@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import av
+import numpy as np
 from video_media import SECRET, face_clip as _write_clip
 
 #: Plaintext every clip carries (its container metadata): never to be found on disk.
@@ -23,6 +24,29 @@ def face_clip(seconds: float = 1.0, fps: int = 12, size: tuple[int, int] = (320,
         path = Path(d) / "clip.mp4"
         _write_clip(path, frames=max(1, round(seconds * fps)), fps=fps, size=size, face_px=face_px, metadata=True)
         return path.read_bytes()
+
+
+def avi_clip(frames: int = 12, fps: int = 12, size: tuple[int, int] = (320, 240)) -> bytes:
+    """An AVI (H.264) of a real face moving across a plain background, at a constant rate
+    (AVI has no per-frame timestamps, so none are set)."""
+    from video_media import face_photo
+
+    w, h = size
+    face = face_photo(90)
+    fh, fw = face.shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="avi") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            frame = np.full((h, w, 3), 120, np.uint8)
+            x = min(w - fw, 10 + i * 10)
+            frame[20 : 20 + fh, x : x + fw] = face
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
 
 
 def frame_count(data: bytes) -> int:

@@ -956,6 +956,8 @@
     $("mode-edit").title = isVid ? "Corrections are for photos only" : "";
     $("viewer-status").textContent = "";
     if (isVid) {
+      $("vid-before").closest("figure").hidden = false;
+      $("video-note").textContent = "Corrections are for photos only for now: a video can be compared, downloaded and deleted here.";
       $("vid-before").src = it.beforeUrl;
       $("vid-after").src = it.url;
       setMode("compare");
@@ -1408,6 +1410,17 @@
     $("img-before").addEventListener("load", () => { if (edit) drawRegions(); });
     $("img-after").addEventListener("load", () => { if (edit) drawRegions(); });
     for (const type of ["play", "pause", "ended", "seeked", "timeupdate"]) $("vid-after").addEventListener(type, syncBefore);
+    // a container or codec this browser does not play (AVI, some MKV): say so, keep the rest working
+    $("vid-before").addEventListener("error", () => {
+      if (!$("vid-before").getAttribute("src")) return;
+      $("vid-before").closest("figure").hidden = true;
+      $("video-note").textContent = "This browser can't play the original of this file type, so only the anonymized "
+        + "video is shown. Corrections are for photos only for now.";
+    });
+    $("vid-after").addEventListener("error", () => {
+      if (!$("vid-after").getAttribute("src")) return;
+      $("viewer-status").textContent = "This browser can't play this video; download it to watch it in a video player.";
+    });
 
     // API key dialog
     const keyDlg = $("key-dialog");
