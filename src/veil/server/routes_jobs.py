@@ -49,7 +49,8 @@ _JOB_FORM = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "JPEG, PNG, WEBP, HEIC or TIFF images (content is sniffed, names ignored)",
+                            "description": "JPEG, PNG, WEBP, HEIC, TIFF or BMP images and MP4, MOV, MKV, WEBM, AVI, "
+                                           "MPEG-TS or FLV videos (content is sniffed, names ignored)",
                         },
                         "options": {"type": "string", "description": "JSON object of veil options"},
                         "callback_url": {"type": "string", "format": "uri"},
@@ -61,7 +62,11 @@ _JOB_FORM = {
     }
 }
 
-_IMAGE_RESPONSE = {200: {"description": "The anonymized image", "content": {"image/*": {}}}}
+_IMAGE_RESPONSE = {
+    200: {"description": "The anonymized image or video", "content": {"image/*": {}, "video/*": {}}},
+    206: {"description": "The requested byte range (Range: bytes=a-b, a- or -n)", "content": {"image/*": {}, "video/*": {}}},
+    416: {"description": "The range starts past the end (Content-Range: bytes */size)", **_PROBLEM},
+}
 
 
 def parse_options(raw: str | None, field: str = "options") -> Options:
