@@ -488,9 +488,12 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
                 }).observe(document.getElementById('queue'), { subtree: true, childList: true, characterData: true });
             }""")
             page.locator("#run").click()
+            page.locator("#queue .qrow", has_text="frame").first.wait_for(timeout=60_000)
+            shot(page, "10-video-progress")
             c = card(page, "street.mp4")
             expect(c).to_have_count(1, timeout=120_000)
             expect(page.locator("#grid .card")).to_have_count(3, timeout=60_000)
+            shot(page, "11-video-results", full_page=True)
             statuses = page.evaluate("window.__statuses")
             n = frame_count(clip)
             frames = [s for s in statuses if re.search(rf"frame \d+ of {n}$", s)]
@@ -515,7 +518,7 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             assert page.evaluate("document.getElementById('vid-after').videoWidth") == 320
             ranged = [u for m, u in watch.requests if "/images/0?token=" in u]
             assert ranged, watch.requests  # the <video> fetched the server's download itself
-            shot(page, "10-video-compare")
+            shot(page, "12-video-compare")
             page.keyboard.press("Escape")
 
             # an AVI: the browser can't play the original, the result (MP4) plays, the page says so

@@ -731,8 +731,9 @@
       ? el("video", { muted: true, preload: "metadata", "aria-label": `${it.name}, anonymized`, tabindex: "-1" })
       : el("img", { alt: `${it.name}, anonymized`, loading: "lazy", decoding: "async" });
     const badge = el("span", { class: "badge", text: "Corrected", hidden: true });
+    const kind = it.kind === "video" ? el("span", { class: "badge badge-video", text: "Video", "aria-hidden": "true" }) : null;
     const thumb = el("button", { type: "button", class: "thumb", "aria-label": `Open ${it.name}`,
-      onclick: () => openViewer(it) }, img, badge);
+      onclick: () => openViewer(it) }, img, badge, kind);
     const title = el("h3", { class: "card-title", title: it.name, text: it.name });
     const counts = el("ul", { class: "counts", "aria-label": "Hidden" });
     const actions = el("div", { class: "card-actions" },
