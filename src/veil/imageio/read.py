@@ -159,9 +159,12 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
     try:
         upright = ImageOps.exif_transpose(im) if orientation != 1 else im
         rgb, alpha, icc = _to_rgb(upright, icc)
-        nature = read_nature(im, upright, data, fmt, orientation)
     except Exception as exc:
         raise ImageError(f"cannot convert {fmt.upper()} image in mode {mode}: {exc}") from None
+    try:
+        nature = read_nature(im, upright, data, fmt, orientation)
+    except Exception:  # an odd file keeps its pixels; only its kind is lost (written as RGB)
+        nature = None
     limits.check_decode_time(t0, time.perf_counter())
     if icc is None:
         safe.pop("icc", None)
