@@ -286,8 +286,11 @@ def test_anonymize_compare_correct_download_delete(server: LiveServer, page: Pag
     after_src = page.locator("#img-after").get_attribute("src")
     assert before_src.startswith("blob:") and after_src.startswith("blob:") and before_src != after_src
     page.wait_for_function("document.getElementById('img-before').complete && document.getElementById('img-after').complete")
-    before_len = page.evaluate("fetch(document.getElementById('img-before').src).then(r => r.arrayBuffer()).then(b => b.byteLength)")
-    assert before_len == len(originals["astronaut"])  # the File itself, not a copy from the server
+    # the File itself, not a copy from the server (the page's CSP has no connect-src blob:,
+    # so the test asks the page's item for its object URL and File instead of fetching it)
+    item = page.evaluate("(() => { const i = window.veil.items.find((x) => x.name === 'astronaut.jpg'); "
+                         "return { url: i.beforeUrl, size: i.file.size }; })()")
+    assert item == {"url": before_src, "size": len(originals["astronaut"])}
     page.locator("#compare").fill("80")
     assert page.evaluate("getComputedStyle(document.getElementById('stage')).getPropertyValue('--pos').trim()") == "80%"
     shot(page, "05-compare")
