@@ -511,8 +511,8 @@ def test_video_progress_playback_before_after_download_delete(browser: Browser, 
             expect(page.locator("#stage")).to_be_hidden()
             expect(page.locator("#video-note")).to_contain_text("photos only")
             expect(page.locator("#mode-edit")).to_be_disabled()
-            before, after = page.locator("#vid-before"), page.locator("#vid-after")
-            assert before.get_attribute("src").startswith("blob:")  # the local file
+            assert page.locator("#vid-before").get_attribute("src").startswith("blob:")  # the local file
+            assert "?token=" in page.locator("#vid-after").get_attribute("src")  # the server's download
             page.wait_for_function("() => document.getElementById('vid-after').readyState >= 2", timeout=30_000)
             page.evaluate("document.getElementById('vid-after').muted = true")
             page.evaluate("document.getElementById('vid-after').play()")

@@ -58,6 +58,7 @@ def sha256_of(f: Any) -> str:
 def process_video(jobs: JobManager, state: _JobState, idx: int, slot: _Slot) -> bool:
     """Anonymize the video of ``slot``; ``False`` when the job is gone (the worker stops)."""
     from veil.server.jobs import detection_counts
+    from veil.video import Cancelled
 
     job_id = state.id
     with state.lock:
@@ -76,8 +77,6 @@ def process_video(jobs: JobManager, state: _JobState, idx: int, slot: _Slot) -> 
         return slot.deleted or not jobs._alive(job_id) or jobs.queue.is_cancelled(job_id)
 
     dst = jobs.spool.create()
-    from veil.video import Cancelled
-
     try:
         src.seek(0)
         report = load_video_core()(src, dst, state.options, progress=progress, should_stop=should_stop)
@@ -102,17 +101,14 @@ def process_video(jobs: JobManager, state: _JobState, idx: int, slot: _Slot) -> 
         dst.shred()
         return jobs._alive(job_id)
     digest = sha256_of(dst)
-    data = report.to_json() if hasattr(report, "to_json") else {}
-    ctype = getattr(report, "content_type", None) or "video/mp4"
+    ctype = report.content_type
     fmt = report.extension.lstrip(".")  # mp4, mov, mkv, ts: the download's extension
     with state.lock:  # serialised with _forget/_drop_image
         if not jobs._alive(job_id) or slot.deleted:
             dst.shred()
             return jobs._alive(job_id)
-        slot.spool_out, slot.content_type, slot.format, slot.video_report = dst, ctype, fmt, data
-    done_frames = getattr(report, "frames", None)
-    if slot.progress is not None and done_frames is not None:
-        slot.progress = {"stage": "done", "frames_done": int(done_frames), "frames_total": int(done_frames)}
+        slot.spool_out, slot.content_type, slot.format, slot.video_report = dst, ctype, fmt, report.to_json()
+    slot.progress = {"stage": "done", "frames_done": report.frames, "frames_total": report.frames}
     jobs.store.execute(
         "UPDATE images SET status = 'done', detections = ?, content_type = ?, format = ?, size = ?, sha256 = ? "
         "WHERE job_id = ? AND idx = ? AND status != 'deleted'",
