@@ -31,21 +31,24 @@ from veil.imageio import load_image
 CELL = 400
 
 
-def build(images: list, grid: int, out: Path) -> Path:
-    """Write the mosaics and their labels.json into ``out``; return the labels path."""
+def build(images: list, grid: int, out: Path, target: str = "face", cell: int = CELL) -> Path:
+    """Write the mosaics and their labels.json into ``out``; return the labels path. Each
+    photo fills a ``cell`` x ``cell`` square (cropped to it), its ``target`` boxes (and
+    ignore regions) moved with it."""
     labels = []
     per = grid * grid
     for m in range(len(images) // per):
-        canvas = np.full((CELL * grid, CELL * grid, 3), 128, dtype=np.uint8)
+        canvas = np.full((cell * grid, cell * grid, 3), 128, dtype=np.uint8)
         boxes = []
         for i, im in enumerate(images[m * per : (m + 1) * per]):
-            rgb = load_image(im.path).rgb[:CELL, :CELL]
-            oy, ox = (i // grid) * CELL, (i % grid) * CELL
+            rgb = load_image(im.path).rgb[:cell, :cell]
+            oy, ox = (i // grid) * cell, (i % grid) * cell
             canvas[oy : oy + rgb.shape[0], ox : ox + rgb.shape[1]] = rgb
-            for x1, y1, x2, y2 in im.boxes.get("face", np.zeros((0, 4))):
-                x1, y1, x2, y2 = (min(float(v), CELL) for v in (x1, y1, x2, y2))
-                if x2 - x1 >= 1 and y2 - y1 >= 1:
-                    boxes.append({"cls": "face", "x1": x1 + ox, "y1": y1 + oy, "x2": x2 + ox, "y2": y2 + oy})
+            for group, ignore in ((im.boxes, False), (im.ignore, True)):
+                for x1, y1, x2, y2 in group.get(target, np.zeros((0, 4))):
+                    x1, y1, x2, y2 = (min(float(v), cell) for v in (x1, y1, x2, y2))
+                    if x2 - x1 >= 1 and y2 - y1 >= 1:
+                        boxes.append({"cls": target, "x1": x1 + ox, "y1": y1 + oy, "x2": x2 + ox, "y2": y2 + oy, "ignore": ignore})
         name = f"mosaic{m:03d}.jpg"
         Image.fromarray(canvas).save(out / name, quality=95)
         labels.append({"image": name, "width": canvas.shape[1], "height": canvas.shape[0], "boxes": boxes})

@@ -374,3 +374,46 @@ def test_vote_on_a_crowd_never_builds_an_n_by_n_matrix():
         tracemalloc.stop()
     assert 1000 < len(kept) < 20_000
     assert peak < 120e6, peak
+
+
+def test_second_look_tiles_only_around_small_faces():
+    """``balanced`` looks again at full size only around faces of <= 24 px (a crowd), one
+    model input's worth of photo around each, merged where they overlap."""
+    from veil.detection.engine import get_engine, tiles_around
+
+    plan = get_engine("balanced").plan("face")
+    (look,) = [p for p in plan.passes if p.around_small]
+    assert look.around_small == 24 and look.tile_scale == 1.0
+    assert tiles_around(np.zeros((0, 4), np.float32), 6000, 4000, 640, 1.0) == []
+    assert tiles_around(np.array([[10, 10, 20, 22]], np.float32), 640, 480, 640, 1.0) == []  # seen whole at 1x
+    one = tiles_around(np.array([[3000, 2000, 3012, 2014]], np.float32), 6000, 4000, 640, 1.0)
+    assert one == [((2686, 1687, 3326, 2327), 1.0)]  # a 640 px window around the face
+    near = tiles_around(np.array([[100, 100, 112, 114], [400, 120, 412, 134], [5000, 3000, 5012, 3014]], np.float32), 6000, 4000, 640, 1.0)
+    # the two near faces' windows (clipped at the photo's edge) merge and are tiled; the far one stays alone
+    assert near == [((0, 0, 404, 447), 1.0), ((322, 0, 726, 447), 1.0), ((4686, 2687, 5326, 3327), 1.0)]
+
+
+def test_mostly_inside():
+    from veil.detection.boxes import mostly_inside
+
+    a = np.array([[0, 0, 10, 10], [8, 0, 18, 10], [50, 50, 60, 60]], np.float32)
+    b = np.array([[0, 0, 12, 12]], np.float32)
+    assert mostly_inside(a, b).tolist() == [True, False, False]  # the second is 40% inside
+    assert mostly_inside(a, b, share=0.4).tolist() == [True, True, False]
+    assert mostly_inside(a, np.zeros((0, 4), np.float32)).tolist() == [False] * 3
+    assert mostly_inside(np.repeat(a, 400, 0), b, chunk=64).sum() == 400
+
+
+def test_small_people_in_a_large_photo_are_found_on_tiles(engine, photos):
+    """People about 60 px tall in a 2560 x 2560 photo: the whole-photo passes shrink them to
+    ~15 px; the full-size tiles (pose and NanoDet, voted as on a single photo) find them."""
+    import cv2
+
+    bus = rgb_of(photos["bus"])  # 810 x 1080, four people 400-500 px tall
+    small = cv2.resize(bus, (101, 135), interpolation=cv2.INTER_AREA)
+    canvas = np.full((2560, 2560, 3), 110, dtype=np.uint8)
+    canvas[1500:1635, 900:1001] = small
+    people = by_target(engine.detect(canvas, ("person",)), "person")
+    inside = [p for p in people if 900 <= (p.box[0] + p.box[2]) / 2 <= 1001 and 1500 <= (p.box[1] + p.box[3]) / 2 <= 1635]
+    assert len(inside) >= 3
+    assert {p.source for p in inside} & {"person-yolo11n-pose", "nanodet"}

@@ -45,6 +45,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 
+def mostly_inside(a: np.ndarray, b: np.ndarray, share: float = 0.5, chunk: int = 512) -> np.ndarray:
+    """Whether each box of ``a`` (N, 4) has at least ``share`` of its area inside one box of
+    ``b`` (M, 4); computed ``chunk`` rows at a time, so memory stays ``chunk x M``."""
+    a = np.asarray(a, dtype=np.float32).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+    out = np.zeros(len(a), dtype=bool)
+    if len(b) == 0:
+        return out
+    for i in range(0, len(a), chunk):
+        part = a[i : i + chunk]
+        out[i : i + chunk] = intersection_matrix(part, b).max(1) >= share * np.maximum(area(part), 1e-9)
+    return out
+
+
 def neighbours(boxes: np.ndarray, iou: float, chunk: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
     """For each box of ``boxes`` (N, 4), the boxes it overlaps by IoU above ``iou`` (> 0),
     itself included where its area is not zero, as CSR arrays: box ``i``'s neighbours are

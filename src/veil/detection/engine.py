@@ -128,6 +128,12 @@ class Engine:
         for i, p in enumerate(plan.passes):
             if p.tiles and not tiles_run(plan, w, h):
                 continue
+            if p.around_small:
+                yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
+                small = np.array([d.box for _, d in cands if d.height <= p.around_small], np.float32).reshape(-1, 4)
+                tiles = tiles_around(small, w, h, p.size, p.tile_scale)
+                cands += [(i, d) for d in yolo.regions(rgb, tiles, p.floor)] if tiles else []
+                continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         out = vote(cands, plan)
         if plan.evidence_score > 0 and any(d.score < plan.evidence_score for d in out):
@@ -191,6 +197,12 @@ class Engine:
                 size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
             return model.run(rgb, size, p.floor)
         if isinstance(model, NanoDet):
+            if p.tiles:
+                out: list[Detection] = []
+                for (x0, y0, x1, y1), s in tile_regions(w, h, p.size, min_scale=p.tile_scale):
+                    fwd = model.forward(np.ascontiguousarray(rgb[y0:y1, x0:x1]), max(32, round(max(x1 - x0, y1 - y0) * s)))
+                    out += [d.scaled(1, 1, x0, y0).clipped(w, h) for d in model.detections(fwd, p.floor, target)]
+                return out
             return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover
 
@@ -210,6 +222,23 @@ class Engine:
             if on_vehicle or not len(vb):
                 out.append(Detection("plate", d.score, d.box, polygon=d.polygon, source="ppocr-det+nanodet"))
         return out
+
+
+def tiles_around(boxes: np.ndarray, width: int, height: int, size: int, scale: float) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Tiles (for :meth:`Yolo.regions`) covering one model input's worth of photo (``size /
+    scale`` pixels a side) around each of ``boxes``: the windows merge where they overlap and
+    each merged window is tiled at ``scale``. None where the whole photo already fits one
+    input at ``scale`` (the whole-photo pass saw it at that scale)."""
+    side = size / scale
+    if len(boxes) == 0 or max(width, height) <= side:
+        return []
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    windows = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+    out: list[tuple[tuple[int, int, int, int], float]] = []
+    for (x0, y0, x1, y1), _ in merge_regions(windows, width, height, margin=0.0):
+        tiles = tile_regions(x1 - x0, y1 - y0, size, min_scale=scale) or [((0, 0, x1 - x0, y1 - y0), scale)]
+        out += [((a + x0, b + y0, c + x0, d + y0), s) for (a, b, c, d), s in tiles]
+    return out
 
 
 def tiles_run(plan: Plan, width: int, height: int) -> bool:

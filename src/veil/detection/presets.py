@@ -7,8 +7,8 @@ least two passes see it with enough summed confidence (``agree``). Faces run one
 detector (YOLO11m trained on WIDER FACE) on the whole photo and, where that shrinks a large
 photo, on tiles (``thorough`` adds CenterFace and YuNet, upscaled for small faces; ``fast``
 and the permissive setting run CenterFace, plus YuNet in permissive mode); people run
-YOLO11-pose and NanoDet at several sizes; plates run YOLOv8 on the whole photo at 640 and
-take a second look where plates are small: on crops around the small and mid-sized
+YOLO11-pose and NanoDet at several sizes, and both on full-size tiles of large photos;
+plates run YOLOv8 on the whole photo at 640 and take a second look where plates are small: on crops around the small and mid-sized
 vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
 pass is shared with the person passes), or on the whole photo at 1280 and tiles
 (``thorough``). A plate box needs evidence: below even odds it is kept only on a vehicle
@@ -47,6 +47,11 @@ class Pass:
     #: in the photo, each zoomed so its plate gets pixels (see ``Plan.vehicle_*``); ``size``
     #: caps the zoom at the scale a whole-photo pass at that size would use
     vehicles: bool = False
+    #: face models (YOLO): a second look at ``tile_scale``, only on tiles around the faces the
+    #: plan's earlier passes found at most this many pixels tall (0 = off): small faces come
+    #: in crowds, and a crowd's faces sit at the edge of what a shrunk photo resolves, so
+    #: where one is found the others are looked for at full size
+    around_small: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,13 @@ _YF = "face-yolo11m"
 #: the vehicle fills the photo and NanoDet may not see it): the model's even odds
 PLATE_CONFIDENT = 0.5
 
+#: people on tiles at full size (each tile shrunk by at most 1x into the 640 input), as a
+#: single photo up to 640 px is seen whole: pose and NanoDet, so the vote works as there
+_PERSON_TILES = (
+    Pass(_POSE, 0.15, 0.3, size=640, tiles=True, tile_scale=1.0),
+    Pass(_ND, 0.15, 0.4, size=640, tiles=True, tile_scale=1.0),
+)
+
 #: faces from the MIT-licensed models alone: CenterFace at 1x and upscaled, YuNet once
 _PERMISSIVE_FACE = Plan(
     (Pass(_CF, 0.05, 0.35), Pass(_CF, 0.05, 0.35, scale=2.0), Pass(_YN, 0.3, 0.35, scale=2.0, min_scale=1.0)),
@@ -117,17 +129,28 @@ PRESETS: dict[str, Preset] = {
         name="balanced",
         # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
         # by more than 2x (a 16 px face stays >= 8 px in the model's input); on tiled photos
-        # the whole-photo pass, there only for faces too large for a tile, runs at 416
+        # the whole-photo pass, there only for faces too large for a tile, runs at 416; where
+        # they find faces of at most 24 px (a crowd), tiles at full size around them
         face=Plan(
             (
                 Pass(_YF, 0.125, 0.125, size=640, size_if_tiled=416),
                 Pass(_YF, 0.125, 0.125, size=640, tiles=True, tile_scale=0.5),
+                Pass(_YF, 0.125, 0.125, size=640, tile_scale=1.0, around_small=24),
             )
         ),
+        # people: YOLO11-pose and NanoDet on the whole photo and, on photos over 1 MP (which
+        # those shrink more than 2x), both on tiles at full size: a tile is voted on as a
+        # whole photo is (a weak pose box kept where NanoDet agrees)
         person=Plan(
-            (Pass(_POSE, 0.15, 0.3, size=640), Pass(_ND, 0.15, 0.5, size=416), Pass(_ND, 0.15, 0.4, size=640)),
+            (
+                Pass(_POSE, 0.15, 0.3, size=640),
+                Pass(_ND, 0.15, 0.5, size=416),
+                Pass(_ND, 0.15, 0.4, size=640),
+                *_PERSON_TILES,
+            ),
             agree=0.6,
             cluster_iou=0.5,
+            tile_above=1.0,
         ),
         plate=Plan(
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280, vehicles=True)),
@@ -156,7 +179,7 @@ PRESETS: dict[str, Preset] = {
                 Pass(_ND, 0.15, 0.5, size=416),
                 Pass(_ND, 0.15, 0.4, size=640),
                 Pass(_ND, 0.15, 0.5, size=800),
-                Pass(_POSE, 0.15, 0.3, size=1280, tiles=True),
+                *_PERSON_TILES,
             ),
             agree=0.6,
             cluster_iou=0.5,
