@@ -65,19 +65,23 @@ def test_submit_and_audit_commands(live, tmp_path):
     (src / "astronaut.jpg").write_bytes(astronaut_jpeg())
     (src / "grace.jpeg").write_bytes(grace_hopper_jpeg())
     (src / "notes.txt").write_text("ignored: not an image suffix")
+    from video_clips import face_clip, frame_count
+
+    (src / "street.mp4").write_bytes(face_clip(1.0))
     out = tmp_path / "out"
     runner = CliRunner()
     r = runner.invoke(app, ["submit", str(src), "--server", live.url, "-o", str(out), "--options", json.dumps(FAST)])
     assert r.exit_code == 0, r.output
     produced = sorted(p.name for p in out.iterdir())
-    assert produced == ["astronaut.jpg", "grace.jpg"]
+    assert produced == ["astronaut.jpg", "grace.jpg", "street.mp4"]
+    assert frame_count((out / "street.mp4").read_bytes()) == 12  # a video goes the same way, streamed
     hashes = {hashlib.sha256((out / n).read_bytes()).hexdigest() for n in produced}
 
     r = runner.invoke(app, ["audit", "--json", "--limit", "200", "--data-dir", str(live.state.config.data_dir)])
     assert r.exit_code == 0, r.output
     entries = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     mine = [e for e in entries if set(e["outputs_sha256"]) == hashes]
-    assert mine and mine[-1]["image_count"] == 2 and mine[-1]["event"] == "job"
+    assert mine and mine[-1]["image_count"] == 3 and mine[-1]["event"] == "job"
     assert "astronaut" not in r.stdout and "grace" not in r.stdout
     r = runner.invoke(app, ["audit", "--since", "1h", "--data-dir", str(live.state.config.data_dir)])
     assert r.exit_code == 0

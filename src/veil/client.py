@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping, Sequence
@@ -128,10 +129,16 @@ class Client:
         callback_url: str | None = None,
         delete_after_download: bool = False,
     ) -> Job:
-        """Upload images (paths, bytes or ``(name, bytes)``) as one job; returns at once."""
+        """Upload images and videos (paths, bytes or ``(name, bytes)``) as one job; returns at
+        once. Paths are streamed from disk, so a large video is never read into memory."""
         if isinstance(images, (str, Path, bytes, tuple)):
             images = [images]  # type: ignore[list-item]
-        files = [("files", _file_tuple(item, i)) for i, item in enumerate(images)]  # type: ignore[arg-type]
+        with ExitStack() as files_open:
+            files = [("files", _file_part(item, i, files_open)) for i, item in enumerate(images)]  # type: ignore[arg-type]
+            return self._submit(files, options, callback_url, delete_after_download)
+
+    def _submit(self, files: list, options: Mapping[str, Any] | None, callback_url: str | None,
+                delete_after_download: bool) -> Job:
         data: dict[str, str] = {}
         if options:
             data["options"] = json.dumps(dict(options))
@@ -164,6 +171,19 @@ class Client:
         if dest is not None:
             Path(dest).write_bytes(data)
         return data
+
+    def download_to(self, job: Job | str, n: int, dest: str | Path) -> int:
+        """Stream result ``n`` (a video of gigabytes, say) to the file ``dest``; returns its size."""
+        size = 0
+        with self._http.stream("GET", f"/api/v1/jobs/{_job_id(job)}/images/{n}") as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._check(resp)
+            with open(dest, "wb") as f:
+                for chunk in resp.iter_bytes():
+                    f.write(chunk)
+                    size += len(chunk)
+        return size
 
     def download_archive(self, job: Job | str, dest: str | Path | BinaryIO | None = None,
                          original_names: bool = False) -> bytes | None:
@@ -207,6 +227,14 @@ class Client:
             data["options"] = json.dumps(dict(options))
         resp = self._request("POST", "/api/v1/render", files={"file": _file_tuple(image, 0)}, data=data)
         return resp.content, json.loads(resp.headers.get("x-veil-report") or "{}"), resp.headers.get("content-type", "")
+
+
+def _file_part(item: ImageInput, index: int, stack: ExitStack) -> tuple[str, Any, str]:
+    """A multipart file part; a path is opened (and streamed), not read."""
+    if isinstance(item, (str, Path)):
+        p = Path(item)
+        return (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream")
+    return _file_tuple(item, index)
 
 
 def _file_tuple(item: ImageInput, index: int) -> tuple[str, bytes, str]:

@@ -1,4 +1,4 @@
-"""``veil submit``: send photos to a running ``veil serve`` and fetch the results."""
+"""``veil submit``: send photos and videos to a running ``veil serve`` and fetch the results."""
 
 from __future__ import annotations
 
@@ -12,21 +12,23 @@ from veil.cli.common import console, err_console, user_errors
 from veil.errors import OptionsError, VeilError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv"}
 _EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heif": "heic", "image/heic": "heic",
-        "image/tiff": "tif", "image/bmp": "bmp"}
+        "image/tiff": "tif", "image/bmp": "bmp", "video/mp4": "mp4", "video/quicktime": "mov",
+        "video/x-matroska": "mkv", "video/mp2t": "ts"}
 
 
 def _expand(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         elif p.is_file():
             out.append(p)
         else:
             raise VeilError(f"no such file or directory: {p}")
     if not out:
-        raise VeilError("no images to submit")
+        raise VeilError("no images or videos to submit")
     return out
 
 
@@ -51,16 +53,16 @@ def _options(options: str | None, options_file: Path | None) -> dict | None:
 
 @user_errors
 def submit(
-    paths: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    paths: list[Path] = typer.Argument(..., help="Images, videos, or folders of them."),
     server: str = typer.Option("http://127.0.0.1:8000", "--server", envvar="VEIL_SERVER_URL", help="Base URL."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="VEIL_API_KEY", help="API key, if needed."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the anonymized images."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the anonymized images and videos."),
     options: Optional[str] = typer.Option(None, "--options", help='JSON options, e.g. \'{"style": "pixelate"}\'.'),
     options_file: Optional[Path] = typer.Option(None, "--options-file", help="TOML preset file."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for each job."),
     keep: bool = typer.Option(False, "--keep", help="Leave the job on the server (default: delete after download)."),
 ) -> None:
-    """Upload images as jobs (split by the server's per-job limit), wait, download into OUTPUT."""
+    """Upload images and videos as jobs (split by the server's per-job limit), wait, download into OUTPUT."""
     import httpx
 
     from veil.client import ApiError, Client
@@ -76,7 +78,7 @@ def submit(
             for start in range(0, len(files), per_job):
                 batch = files[start : start + per_job]
                 job = client.submit(batch, opts)
-                err_console.print(f"job {job.id}: {len(batch)} image(s) submitted", highlight=False)
+                err_console.print(f"job {job.id}: {len(batch)} file(s) submitted", highlight=False)
                 job = client.wait(job, timeout=timeout)
                 for img in job.images:
                     src = batch[img["index"]]
@@ -91,7 +93,7 @@ def submit(
                         name = f"{src.stem}-{i}.{ext}"
                         i += 1
                     used.add(name)
-                    client.download(job, img["index"], output / name)
+                    client.download_to(job, img["index"], output / name)  # streamed: videos can be large
                     dets = ", ".join(f"{k}={v}" for k, v in sorted((img.get("detections") or {}).items()))
                     console.print(f"{src} → {output / name}  ({dets})", highlight=False)
                 if not keep:
