@@ -76,15 +76,17 @@ def test_targets_filter_and_heads_follow_faces(photos, engine):
     assert set(rep.detections) <= {"plate"} and {r.target for r in rep.regions} <= {"plate"}
     assert all(_same(plate_out, img.rgb, b) for b in faces)
 
-    # A face the detectors miss (here: painted over) leaves its person's head to be hidden.
+    # A face the detectors miss (here: painted over) leaves its person's head to be hidden
+    # (heads come from the person pass: people among the targets, not the default).
     covered, _ = anonymize(img, Options(style="fill", strength=100), regions=[Detection("face", 1.0, b) for b in faces])
     img2 = load_image(_png(covered))
-    _, rep = anonymize(img2, Options(), engine=engine)
+    everything = ("face", "person", "plate")
+    _, rep = anonymize(img2, Options(targets=everything), engine=engine)
     assert rep.detections.get("head", 0) >= 1 and rep.detections["person"] >= 3
     heads = _boxes(rep, "head")
     assert any(_near(f, h, slack=0) for h in heads for f in faces), (heads, faces)
     assert {r.shape for r in rep.regions if r.target == "head"} == {"ellipse"}  # heads look like faces
-    _, rep_no_heads = anonymize(img2, Options(hide_heads=False), engine=engine)
+    _, rep_no_heads = anonymize(img2, Options(targets=everything, hide_heads=False), engine=engine)
     assert "head" not in rep_no_heads.detections and not _boxes(rep_no_heads, "head")
     assert rep_no_heads.detections == {k: v for k, v in rep.detections.items() if k != "head"}
 
