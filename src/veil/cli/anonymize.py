@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from veil.cli.bulk import check_engine, ray_items
 from veil.cli.common import console, err_console, record_failure, user_errors
 from veil.cli.lifeline import die_with_parent
 from veil.cli.paths import collect_images
@@ -309,6 +310,8 @@ def anonymize(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be hidden; write nothing."),
     jobs: str = typer.Option("auto", "--jobs", "-j", metavar="N|auto", help="Worker processes, each loading the models once: a number, or auto (one per core, fewer when memory or images are few)."),
     skip_existing: Optional[bool] = typer.Option(None, "--skip-existing/--no-skip-existing", help="Skip outputs an earlier run finished from the same input with the same options (default: on with -o)."),
+    engine: str = typer.Option("local", "--engine", help="local (worker processes here) or ray (a Ray Data job over folders or s3:// buckets; pip install \"veil[ray]\"; photos only)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: the cluster to join (auto: the one `ray start` runs here). Default: a local Ray."),
 ) -> None:
     """Hide faces, people and licence plates; strip identifying metadata."""
     options = _options(config, {
@@ -323,6 +326,9 @@ def anonymize(
     if in_place and options.format:
         raise OptionsError("--in-place cannot change the format (--format); write to -o instead")
     workers = _parse_jobs(jobs)
+    if check_engine(engine, ray_address) == "ray":  # veil.cli.bulk: the same pipeline as a Ray Data job
+        items = ray_items(paths, output, options, jobs=workers, skip_existing=skip_existing, in_place=in_place, dry_run=dry_run, address=ray_address)
+        return _finish(items, options, report, dry_run=False)
     work = plan(paths, output, in_place, options.format)
     if not work:
         raise OptionsError("no images or videos found in the given paths")
@@ -350,6 +356,11 @@ def anonymize(
             if any(it.get("fatal") for it in items):
                 break
             done(_recorded(process_video(src, dst, options, dry_run, in_place, bar, manifest is not None), manifest))
+    _finish(items, options, report, dry_run)
+
+
+def _finish(items: list[dict], options: Options, report: Path | None, dry_run: bool) -> None:
+    """The summary, the report and the exit code (every engine)."""
     summary = _summary(items, dry_run)
     _print_summary(summary)
     if report is not None:
