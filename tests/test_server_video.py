@@ -12,7 +12,9 @@ import io
 import json
 import os
 import random
+import secrets
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_server_privacy import _scan as privacy_scan
 from test_server_support import FAST, Receiver, assert_problem, small_photo, start_server, wait_job
 from video_clips import PATTERN, face_clip, frame_count
 from video_media import audio_only
@@ -80,17 +83,23 @@ def _post(client, files, **data):
 
 
 def test_video_job_spooled_encrypted_with_progress_ranges_and_webhook(srv, client):
-    clip = face_clip(2.0)
-    needles = _needles(clip)
+    # a clip made unique by a trailing MP4 "free" box with random bytes: found nowhere else
+    marker = secrets.token_bytes(32)
+    clip = face_clip(2.0) + struct.pack(">I", 8 + len(marker)) + b"free" + marker
+    needles = [marker] + _needles(clip)
+    start = time.time()
     hook = Receiver()
     try:
         r = _post(client, [("files", ("holiday.mp4", clip, "video/mp4")), ("files", ("p.jpg", small_photo(), "image/jpeg"))],
                   callback_url=hook.url)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        seen, hits = [], []
+        seen, hits, polls = [], [], 0
         while True:  # while the job runs: progress moves, and no plaintext is ever on disk
             hits += _scan(srv.state.config.data_dir, needles)
+            if polls % 25 == 0:  # and none in the temporary folder either (no library spools it)
+                hits += privacy_scan([Path(tempfile.gettempdir())], start, needles)
+            polls += 1
             body = client.get(f"/api/v1/jobs/{job_id}").json()
             video = body["images"][0]
             assert video["kind"] == "video" and body["images"][1]["kind"] == "image"
@@ -99,6 +108,7 @@ def test_video_job_spooled_encrypted_with_progress_ranges_and_webhook(srv, clien
             if body["status"] in ("done", "failed"):
                 break
             time.sleep(0.02)
+        hits += privacy_scan([Path(tempfile.gettempdir())], start, needles)
         assert not hits, hits
         assert body["status"] == "done", body
         assert video["status"] == "done", video
@@ -113,7 +123,7 @@ def test_video_job_spooled_encrypted_with_progress_ranges_and_webhook(srv, clien
         assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
         assert full.headers["content-type"] == "video/mp4"
         assert hashlib.sha256(full.content).hexdigest() == video["sha256"] and len(full.content) == video["size"]
-        assert frame_count(full.content) == n and full.content != clip
+        assert frame_count(full.content) == n and marker not in full.content
         assert not _scan(srv.state.config.data_dir, _needles(full.content))  # the result is encrypted too
         # with the upload shredded, only the result's spool file is left
         assert len(_spool_files(srv.state.config.data_dir)) == 1
