@@ -358,3 +358,17 @@ def test_results_shredded_when_deleted_mid_run_downloaded_or_expired(srv, client
             assert_problem(c.get(f"/api/v1/jobs/{r.json()['id']}"), 404)
     finally:
         short.stop()
+
+
+def test_no_room_for_more_spool_files_is_503(tmp_path):
+    clip = face_clip(2.0)
+    srv = start_server(ServerConfig(data_dir=tmp_path / "server", workers=1,
+                                    limits=ServerLimits(max_spool_bytes=len(clip) * 3 // 2)))
+    try:
+        with srv.client() as c:
+            r = _post(c, [("files", ("c.mp4", clip, "video/mp4"))])
+            body = assert_problem(r, 503)
+            assert r.headers["retry-after"] and "videos" in body["detail"]
+            assert not _spool_files(tmp_path / "server")  # the refused upload is shredded
+    finally:
+        srv.stop()
