@@ -30,6 +30,8 @@ def serve(
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Images per job [100]."),
     max_upload_mb: Optional[int] = typer.Option(None, "--max-upload-mb", help="Request body limit in MB [256]."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixels per image [150000000]."),
+    max_request_pixels: Optional[int] = typer.Option(None, "--max-request-pixels", min=1,
+                                                     help="Pixels of all the images of one request [1000000000]."),
     max_video_mb: Optional[int] = typer.Option(None, "--max-video-mb", min=1,
                                                help="Video upload limit in MB (spooled encrypted to disk) [2048]."),
     log_level: str = typer.Option("info", "--log-level"),
@@ -52,6 +54,7 @@ def serve(
         max_images_per_job=max_images,
         max_request_bytes=max_upload_mb * 1024 * 1024 if max_upload_mb else None,
         max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
         max_video_bytes=max_video_mb * 1024 * 1024 if max_video_mb else None,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
