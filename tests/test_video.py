@@ -253,3 +253,14 @@ def test_not_a_video_is_a_named_error(tmp_path):
     with pytest.raises(VideoError):
         anonymize_video(p, tmp_path / "y.mp4", FACE)
     assert not (tmp_path / "y.mp4").exists() and not list(tmp_path.glob(".y.mp4.*"))
+
+
+def test_avi_becomes_mp4_with_every_frame(tmp_path, engine):
+    """An AVI whose frame count counts placeholder ticks (1/1000 time base) is not taken
+    for truncated: every real frame comes out, in MP4."""
+    src = tmp_path / "cam.avi"
+    boxes = face_clip(src, frames=10, container="avi")
+    rep = anonymize_video(src, tmp_path / "cam.mp4", FACE, engine=engine)
+    assert rep.info.container == "avi" and rep.container_out == "mp4"
+    assert rep.frames == len(boxes) == len(frame_times(tmp_path / "cam.mp4"))
+    assert frame_times(tmp_path / "cam.mp4") == frame_times(src)

@@ -50,13 +50,16 @@ class VideoInfo:
     #: counter-clockwise degrees applied to turn the frames upright (0, 90, 180, 270): the
     #: display matrix of the first frame (see :meth:`set_rotation`)
     rotation: int
-    frames: int  #: declared frame count (0 when the container does not say)
+    frames: int  #: declared or estimated frame count (0 when unknown): for progress
     fps: float  #: average frame rate
     duration_s: float
     codec: str
     bit_rate: int
     audio: list[str] = field(default_factory=list)  #: codec of each audio stream
     dropped_streams: list[str] = field(default_factory=list)  #: subtitle/data/attachment streams
+    #: ``frames`` comes from an MP4/MOV sample index, which counts every frame exactly (an
+    #: AVI's or MKV's count can include dropped-frame placeholders or be an estimate)
+    frames_exact: bool = False
     metadata: list[str] = field(default_factory=list)  #: container/stream tags found (names only)
 
     def set_rotation(self, degrees: float | None) -> None:
@@ -124,6 +127,7 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     rate = v.average_rate or v.guessed_rate or v.base_rate or Fraction(25)
     duration = float(v.duration * v.time_base) if v.duration and v.time_base else (container.duration or 0) / 1e6
     frames = int(v.frames or 0)
+    exact = bool(frames) and family in ("mp4", "mov")
     if not frames and duration:
         frames = int(round(duration * float(rate)))
     tags = [k.lower().split("-")[0] for k in container.metadata]
@@ -135,7 +139,7 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
         audio=[a.codec_context.name for a in container.streams.audio],
         dropped_streams=[s.type for s in container.streams if s.type not in ("video", "audio")]
         + [f"video (extra #{s.index})" for s in videos[1:]],
-        metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []),
+        metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []), frames_exact=exact,
     )  # fmt: skip
 
 

@@ -26,8 +26,26 @@ from veil.video.cuts import CutDetector
 from veil.video.tracks import TrackPlan, plan
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which detectors run on which frames of a video."""
+
+    #: the preset's detectors run on every ``every``-th frame and on the first of each shot
+    every: int = 1
+    #: the detectors of this (lighter) preset run on the frames between, if any
+    between: str | None = None
+
+    def describe(self, preset: str) -> str | None:
+        if self.every == 1:
+            return None
+        rest = f"{self.between} detectors on the frames between" if self.between else "tracks cover the frames between"
+        return f"{preset}: its detectors on every {self.every}{'nd' if self.every == 2 else 'rd' if self.every == 3 else 'th'} frame, {rest}"
+
+
 #: ``fast`` detects on every 2nd frame and lets the tracks cover the frames between.
-DETECT_EVERY = {"fast": 2}
+SCHEDULES: dict[str, Schedule] = {"fast": Schedule(every=2)}
 
 
 class Cancelled(VeilError):
@@ -95,7 +113,12 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
 
         engine = get_engine(options.preset)
     container, info = open_input(_rewind(src))
-    every = DETECT_EVERY.get(options.preset, 1)
+    sched = SCHEDULES.get(options.preset, Schedule())
+    light = None
+    if sched.between:
+        from veil.detection.engine import get_engine
+
+        light = get_engine(sched.between)
     cuts = CutDetector()
     frames: list[list[Detection] | None] = []
     shots: list[int] = []
@@ -111,8 +134,10 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
             fresh = not shots or shots[-1] != shot
             shots.append(shot)
             times.append(float(frame.time) if frame.time is not None else i / (info.fps or 25.0))
-            if i % every == 0 or fresh:
+            if i % sched.every == 0 or fresh:
                 frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
+            elif light is not None:
+                frames.append(wanted_detections(light.detect(rgb, targets=options.targets), options))
             else:
                 frames.append(None)
             if progress is not None:
@@ -123,7 +148,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
         container.close()
     if not frames:
         raise VideoError("the video has no frames that can be decoded")
-    if info.frames and len(frames) < info.frames * 0.9 - 1:
+    if info.frames_exact and len(frames) < info.frames * 0.9 - 1:
         raise VideoError(f"truncated or corrupt video: {len(frames)} of {info.frames} frames could be decoded")
     return info, frames, shots, times
 
@@ -157,8 +182,9 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
     rep.metadata_removed = list(info.metadata) + [f"{s} stream" for s in info.dropped_streams]
     if info.rotation:
         rep.notes.append(f"turned upright: frames rotated {info.rotation} degrees, rotation tag removed")
-    if options.preset in DETECT_EVERY:
-        rep.notes.append(f"{options.preset}: detection on every {DETECT_EVERY[options.preset]}nd frame, tracks between")
+    note = SCHEDULES.get(options.preset, Schedule()).describe(options.preset)
+    if note:
+        rep.notes.append(note)
     rep.timings_ms["detect"] = (t_detect - t0) * 1000
     if dst is not None:
         if isinstance(dst, (str, Path)):
