@@ -184,3 +184,49 @@ def test_bucket_to_bucket(cluster, s3, photos):
         assert im.format == "PNG" and im.size == (512, 512)
     code, text, doc = run("s3://photos/in", "-o", "s3://photos/out", "--engine", "ray", *FAST, "--format", "png")
     assert (doc["summary"]["done"], doc["summary"]["skipped"], doc["summary"]["failed"]) == (0, 2, 1)
+
+
+def _session(sid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_takes_the_local_ray_with_it_and_the_rerun_finishes(cluster, tmp_path, photos):
+    """The command's own local Ray dies with it (nothing left running or writing); the
+    rerun writes only what is missing."""
+    import signal
+    import time
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(8):
+        (src / f"{i}.jpg").symlink_to(photos[("astronaut", "bus", "zidane", "grace_hopper")[i % 4]])
+    veil = [str(Path(sys.executable).with_name("veil")), "anonymize", str(src), "-o", str(out), "--engine", "ray", *FAST]
+    proc = subprocess.Popen(veil, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out.exists() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _session(proc.pid)
+    for pid in left:  # this test's own processes: never leave them running
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} processes of the killed run still running"
+    before = {n: st for n, st in _stamps(out).items() if not n.startswith(".")}  # not a temporary file cut short
+    code, text, doc = run(src, "-o", out, "--engine", "ray", *FAST)
+    assert code == 0, text
+    after = _stamps(out)
+    assert len(after) == 8 and all(after[n] == st for n, st in before.items())
+    assert (doc["summary"]["skipped"], doc["summary"]["done"]) == (len(before), 8 - len(before))

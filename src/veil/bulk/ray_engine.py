@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
+from veil.bulk.reaper import reap_descendants_on_exit
 from veil.bulk.storage import Location, list_files, locate, read_bytes, relative, write_bytes
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import DEFAULT_LIMITS, EXTENSIONS
@@ -233,6 +234,7 @@ def connect(address: str | None) -> None:
         kw["address"] = address
     else:
         kw["_system_config"] = {"automatic_object_spilling_enabled": False}
+        reap_descendants_on_exit()  # before Ray starts: its processes are what it watches
     try:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
