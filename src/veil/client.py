@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 import httpx
 
-from veil.server.webhooks import verify_signature  # re-exported for webhook receivers
+from veil.signing import verify_signature  # re-exported for webhook receivers
 
 __all__ = ["ApiError", "Client", "Job", "verify_signature"]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from veil.errors import VeilError
+from veil.imageio.formats import SUFFIXES as IMAGE_SUFFIXES
+from veil.imageio.formats import VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff", ".bmp"})
-#: Videos picked up inside folders (the content decides what a file really is).
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv"})
+#: Images and videos picked up inside folders (the content decides what a file really is).
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -22,7 +23,7 @@ def collect_images(paths: list[Path]) -> list[tuple[Path, Path]]:
     for p in paths:
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not f.name.startswith("."):
+                if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES and not f.name.startswith("."):
                     out.append((f, p))
         elif p.is_file():
             out.append((p, p.parent))

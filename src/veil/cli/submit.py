@@ -9,20 +9,19 @@ from typing import Optional
 import typer
 
 from veil.cli.common import console, err_console, user_errors
+from veil.cli.paths import MEDIA_SUFFIXES
+from veil.imageio.formats import IMAGE_FORMATS, VIDEO_FORMATS
 from veil.errors import OptionsError, VeilError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff", ".bmp"}
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv"}
-_EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heif": "heic", "image/heic": "heic",
-        "image/tiff": "tif", "image/bmp": "bmp", "video/mp4": "mp4", "video/quicktime": "mov",
-        "video/x-matroska": "mkv", "video/mp2t": "ts"}
+#: Result suffix per served type, from the one format record of each image and video format.
+_EXT = {t: f.extension.lstrip(".") for f in (*IMAGE_FORMATS, *VIDEO_FORMATS) for t in f.mime_types}
 
 
 def _expand(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES))
         elif p.is_file():
             out.append(p)
         else:

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 from veil.detection.boxes import nms
 from veil.detection.types import Detection
 from veil.inference.session import get_session
-
-
-def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize the long side to ``size`` (a multiple of 32 on both sides, no square padding)."""
-    h, w = rgb.shape[:2]
-    r = size / max(h, w)
-    nw, nh = max(1, round(w * r)), max(1, round(h * r))
-    img = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    pw, ph = int(math.ceil(nw / 32) * 32), int(math.ceil(nh / 32) * 32)
-    canvas = np.full((ph, pw, 3), 114, dtype=np.uint8)
-    canvas[:nh, :nw] = img
-    return canvas, r, (nw, nh)
+from veil.models.preprocess import letterbox  # noqa: F401  (also imported from here)
 
 
 class Yolo:

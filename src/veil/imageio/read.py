@@ -20,6 +20,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
 from veil.errors import ImageError
+from veil.imageio import formats
 from veil.imageio.limits import DEFAULT_LIMITS, Limits
 from veil.imageio.metadata import (
     DEFAULT_QUALITY,
@@ -34,16 +35,8 @@ pillow_heif.register_heif_opener()
 # Pillow's own guard must not fire below ours (it would only warn); above 2x it errors.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_LIMITS.max_pixels)
 
-SUPPORTED = ("jpeg", "png", "webp", "heif", "tiff", "bmp")
-_PIL_FORMATS = {
-    "jpeg": ["JPEG"],
-    "png": ["PNG"],
-    "webp": ["WEBP"],
-    "heif": ["HEIF"],
-    "tiff": ["TIFF"],
-    "bmp": ["BMP"],
-}
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+#: The formats veil reads, as sniffed (see :mod:`veil.imageio.formats`).
+SUPPORTED = formats.NAMES
 
 
 @dataclass
@@ -76,24 +69,8 @@ class LoadedImage:
 
 def sniff_format(data: bytes) -> str | None:
     """The format from magic bytes, or None for anything veil does not read."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[4:8] == b"ftyp":
-        size = int.from_bytes(data[:4], "big")
-        box = data[8 : min(max(size, 16), 256)]
-        brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
-        if brands & _HEIF_BRANDS:
-            return "heif"
-        return None
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if data[:2] == b"BM" and len(data) >= 26:
-        return "bmp"
-    return None
+    fmt = formats.sniff(data)
+    return fmt.name if fmt else None
 
 
 class _DeadlineReader(io.BytesIO):
@@ -131,11 +108,11 @@ def load_image(source: bytes | Path, *, limits: Limits = DEFAULT_LIMITS) -> Load
     data = _read(source, limits)
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageError("not a supported image (JPEG, PNG, WEBP, HEIC/HEIF, TIFF or BMP expected)")
+        raise ImageError(f"not a supported image ({formats.LABELS} expected)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            im = Image.open(_DeadlineReader(data, limits, t0), formats=_PIL_FORMATS[fmt])
+            im = Image.open(_DeadlineReader(data, limits, t0), formats=[formats.BY_NAME[fmt].pil_name])
             limits.check_size(*im.size)
             limits.check_ratio(*im.size, len(data), fmt, data)
             im.load()

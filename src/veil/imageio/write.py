@@ -20,19 +20,12 @@ from PIL import Image
 
 import veil.imageio.read  # noqa: F401  (registers the HEIF encoder)
 from veil.errors import OptionsError
+from veil.imageio import formats
 from veil.imageio.nature import Nature, encode_rgb16, restore
 
-EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "heif": ".heic", "tiff": ".tiff", "bmp": ".bmp"}
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "heif": "image/heic",
-    "tiff": "image/tiff",
-    "bmp": "image/bmp",
-}
-_PIL_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "heif": "HEIF", "tiff": "TIFF", "bmp": "BMP"}
-_NO_ALPHA = ("jpeg",)
+#: Suffix written per format (with its dot) and the type results are served with.
+EXTENSIONS = {f.name: f.extension for f in formats.IMAGE_FORMATS}
+CONTENT_TYPES = {f.name: f.mime_type for f in formats.IMAGE_FORMATS}
 #: Inverse of ``ImageOps.exif_transpose`` per orientation, to store pixels as the camera did.
 _UNDO_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -68,10 +61,11 @@ def encode_image(
     masking started from), the output is written as the same kind of image where ``fmt``
     stores it, every pixel masking did not change keeping its original value.
     """
-    if fmt not in _PIL_NAMES:
-        raise OptionsError(f"cannot write format {fmt!r}; choose from {', '.join(_PIL_NAMES)}", field="format")
+    spec = formats.BY_NAME.get(fmt)
+    if spec is None:
+        raise OptionsError(f"cannot write format {fmt!r}; choose from {', '.join(formats.NAMES)}", field="format")
     keep = dict(keep or {})
-    if alpha is not None and fmt in _NO_ALPHA:
+    if alpha is not None and not spec.alpha:
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         rgb = np.clip(rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
         alpha = None
@@ -93,25 +87,22 @@ def encode_image(
         params["icc_profile"] = icc_profile
     tags = {tag: (orientation if name == "orientation" else str(keep[name]))
             for name, tag in _EXIF_TAGS.items() if keep.get(name) and not (name == "orientation" and orientation == 1)}  # fmt: skip
-    if tags and fmt == "tiff":
+    if tags and spec.exif == "tiffinfo":
         params["tiffinfo"] = tags
-    elif tags and fmt != "bmp":
+    elif tags and spec.exif == "exif":
         exif = Image.Exif()
         for tag, value in tags.items():
             exif[tag] = value
         params["exif"] = exif.tobytes()
-    if keep.get("dpi") and fmt in ("jpeg", "png", "tiff", "bmp"):
+    if keep.get("dpi") and spec.dpi:
         params["dpi"] = tuple(keep["dpi"])
-    if fmt == "jpeg":
-        params.update(quality=int(quality), optimize=True)
-        if subsampling is not None:
-            params["subsampling"] = subsampling
-    elif fmt in ("webp", "heif"):
+    params.update(dict(spec.writer_options))
+    if spec.quality:
         params["quality"] = int(quality)
-    elif fmt == "tiff":
-        params["compression"] = "tiff_lzw"
+    if fmt == "jpeg" and subsampling is not None:
+        params["subsampling"] = subsampling
     buf = io.BytesIO()
-    im.save(buf, format=_PIL_NAMES[fmt], **params)
+    im.save(buf, format=spec.pil_name, **params)
     return buf.getvalue()
 
 

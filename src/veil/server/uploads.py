@@ -19,24 +19,18 @@ from typing import Any, Callable
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 
+from veil.imageio import formats
 from veil.server.problems import Problem, field_error
 
 #: Formats accepted as input, as sniffed from the first bytes (never from names).
-ACCEPTED_FORMATS = ("jpeg", "png", "webp", "heif", "tiff", "bmp")
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "heif": "image/heif",
-    "tiff": "image/tiff",
-    "bmp": "image/bmp",
-}
+ACCEPTED_FORMATS = formats.NAMES
 #: How errors name the accepted formats.
-FORMAT_NAMES = "JPEG, PNG, WEBP, HEIC, TIFF or BMP"
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "heif": "heic", "tiff": "tif", "bmp": "bmp"}
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+FORMAT_NAMES = formats.LABELS
+#: Archive suffix per format (no dot).
+EXTENSIONS = {f.name: f.extension.lstrip(".") for f in formats.IMAGE_FORMATS}
 
 
 @dataclass
@@ -259,28 +253,8 @@ def _too_large(limits: UploadLimits) -> Problem:
 # -- content sniffing --------------------------------------------------------------------
 def sniff_format(data: bytes) -> str | None:
     """The image format from magic bytes (never from a name or a declared type)."""
-    try:
-        from veil.imageio.read import sniff_format as _sniff
-    except ImportError:
-        return _fallback_sniff(data)
-    return _sniff(data)
-
-
-def _fallback_sniff(data: bytes) -> str | None:
-    head = data[:32]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head[4:8] == b"ftyp":
-        brands = {head[8:12]} | {data[i : i + 4] for i in range(16, min(len(data), 64), 4)}
-        if brands & _HEIF_BRANDS:
-            return "heif"
-    return None
+    fmt = formats.sniff(data)
+    return fmt.name if fmt else None
 
 
 def check_image(part: Part, index: int | None, limits: Any, field: str = "files") -> str:
@@ -345,10 +319,6 @@ class _Bomb(Exception):
 
 def header_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from the image header, or ``None`` when it can't be read cheaply."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

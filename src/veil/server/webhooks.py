@@ -25,9 +25,7 @@ POST goes to the very address that was checked (no second DNS lookup).
 from __future__ import annotations
 
 import base64
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import itertools
 import json
@@ -45,6 +43,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 import veil
+from veil.signing import sign, verify_signature  # noqa: F401  (re-exported: the server signs with it)
 
 log = logging.getLogger("veil.server.webhooks")
 
@@ -272,22 +271,6 @@ def _status_code(head: bytes) -> int:
     if not version.startswith("HTTP/1.") or not code.isdigit():
         raise AttemptError(f"not an HTTP answer: {line[:60]!r}")
     return int(code)
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, tolerance: float | None = 300) -> bool:
-    """Receiver-side check: right HMAC and (when ``tolerance``) a fresh timestamp."""
-    try:
-        ts = int(timestamp)
-    except (TypeError, ValueError):
-        return False
-    if tolerance is not None and abs(time.time() - ts) > tolerance:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body), signature or "")
 
 
 def server_secret(data_dir: Path) -> str:

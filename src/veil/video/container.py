@@ -19,12 +19,13 @@ import av.error
 import numpy as np
 
 from veil.errors import VideoError
+from veil.imageio.formats import VIDEO_BY_NAME
 from veil.video.sniff import SNIFF_BYTES, sniff_container
 
 #: Output container per input family: the input's own where it can hold H.264, else MP4.
 _OUTPUT = {"mp4": "mp4", "mov": "mov", "matroska": "matroska", "mpegts": "mpegts", "avi": "mp4", "flv": "mp4", "webm": "mp4"}
-EXTENSIONS = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv", "mpegts": ".ts"}
-CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "matroska": "video/x-matroska", "mpegts": "video/mp2t"}
+EXTENSIONS = {n: VIDEO_BY_NAME[n].extension for n in sorted(set(_OUTPUT.values()))}
+CONTENT_TYPES = {n: VIDEO_BY_NAME[n].mime_type for n in EXTENSIONS}
 _ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 #: Audio codecs each output container takes as they are; others are re-encoded to AAC.
 _AUDIO_COPY = {

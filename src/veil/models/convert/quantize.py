@@ -41,7 +41,7 @@ def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
     """Convert the Ultralytics checkpoint ``src`` to an int8 ONNX model at ``dst``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from veil.detection.yolo import letterbox
+    from veil.models.preprocess import letterbox
     from veil.imageio import load_image
 
     if not photos:
