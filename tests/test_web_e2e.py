@@ -392,7 +392,41 @@ def test_anonymize_compare_correct_download_delete(server: LiveServer, page: Pag
     hosts = {re.sub(r"^(\w+://[^/]+).*$", r"\1", url) for _, url in page.watch.requests if not url.startswith(("blob:", "data:"))}
     assert hosts == {server.url}, hosts
     gets = [u for m, u in page.watch.requests if m == "GET" and "/api/v1/" in u]
-    assert all(re.search(r"/api/v1/(health|jobs/[\w-]+(/images/\d+)?)$", u) for u in gets), gets
+    assert all(re.search(r"/api/v1/(health|formats|options|jobs/[\w-]+(/images/\d+)?)$", u) for u in gets), gets
+    assert not page.watch.errors, page.watch.errors
+
+
+def test_page_takes_the_servers_formats_and_options(server: LiveServer, page: Page, photos: dict[str, Path]) -> None:
+    """The page restates no format and no option: a TIFF the server takes is taken (and
+    previewed as JPEG), and the controls' ranges, defaults and help are the API's."""
+    listed = {o["name"]: o for o in server.get("/api/v1/options").json()["options"]}
+    labels = [f["label"] for f in server.get("/api/v1/formats").json()["formats"]]
+    page.goto(server.url + "/")
+    strength = page.locator("#opt-strength")
+    expect(strength).to_have_value(str(listed["strength"]["default"]))
+    assert strength.get_attribute("max") == str(listed["strength"]["max"])
+    assert listed["strength"]["help"] in (page.locator("#opt-strength").evaluate(
+        "e => e.closest('[title]') ? e.closest('[title]').title : ''"))
+    styles = page.locator("#opt-style option").evaluate_all("os => os.map(o => o.value)")
+    assert styles == listed["style"]["choices"]
+    accept = page.locator("#file-input").get_attribute("accept") or ""
+    assert ".tif" in accept and ".tiff" in accept and "image/heic" in accept and "image/heif" in accept
+    tiff = io.BytesIO()
+    Image.open(photos["zidane"]).convert("RGB").resize((320, 180)).save(tiff, "TIFF")
+    page.set_input_files("#file-input", [{"name": "scan.tif", "mimeType": "image/tiff", "buffer": tiff.getvalue()},
+                                         {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    expect(page.locator("#queue .qrow")).to_have_count(1)
+    reject = page.locator("#reject-box")
+    expect(reject).to_contain_text("notes.txt")
+    for label in ("TIFF", "BMP", "HEIC", "AVI"):
+        assert label in labels
+        expect(reject).to_contain_text(label)
+    page.locator("#run").click()
+    result = card(page, "scan.tif")
+    expect(result).to_be_visible(timeout=120_000)
+    # previewed as JPEG: the result the page holds is one every browser shows
+    expect(result.locator("img").first).to_have_attribute("src", re.compile(r"^blob:"), timeout=60_000)
+    assert page.evaluate("window.veil.items[0].blob && window.veil.items[0].blob.type") == "image/jpeg"
     assert not page.watch.errors, page.watch.errors
 
 

@@ -17,22 +17,24 @@
   const API = "/api/v1";
   const SETTINGS_KEY = "veil.settings.v1";
   const API_KEY = "veil.apiKey";
-  const ACCEPT_EXT = ["jpg", "jpeg", "jfif", "png", "webp", "heic", "heif"];
-  const ACCEPT_MIME = ["image/jpeg", "image/pjpeg", "image/png", "image/webp", "image/heic", "image/heif",
-    "image/heic-sequence", "image/heif-sequence"];
-  const VIDEO_EXT = ["mp4", "m4v", "mov", "mkv", "webm", "avi"];
-  const VIDEO_MIME = ["video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo", "video/avi"];
+  /* What the server accepts and which options it takes come from the API (GET /formats,
+   * GET /options: the server's one description of each), never restated here. */
+  const ACCEPT_EXT = [];
+  const ACCEPT_MIME = [];
+  const VIDEO_EXT = [];
+  const VIDEO_MIME = [];
+  const EXT_OF_TYPE = {};
+  const LABELS = { image: [], video: [] };
+  /** Image formats browsers cannot show: they come back as JPEG so the page can preview them. */
+  const NEEDS_JPEG = ["heif", "tiff"];
+  const JPEG_EXT = [];
+  const JPEG_MIME = [];
   const LINK_MARGIN_MS = 5 * 60 * 1000; // ask for a fresh download link this long before one expires
-  const DEFAULTS = Object.freeze({
-    targets: ["face", "plate"], preset: "balanced", style: "blur", shape: "", color: "#000000",
-    strength: 30, feather: 0.2,
-  });
-  const TARGETS = ["face", "person", "plate"];
+  /** The page's settings at their defaults: from GET /options (else the form as written). */
+  const DEFAULTS = {};
+  const TARGETS = [];
   const NOUNS = { face: ["face", "faces"], person: ["body", "bodies"], plate: ["plate", "plates"], head: ["head", "heads"] };
   const REGION_NAMES = { face: "Face", person: "Body", plate: "Plate", head: "Head" };
-  const EXT_OF_TYPE = { "image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heif": "heic",
-    "image/heic": "heic", "image/tiff": "tif", "image/bmp": "bmp", "video/mp4": "mp4", "video/quicktime": "mov",
-    "video/x-matroska": "mkv", "video/mp2t": "ts" };
   const PARALLEL = 2; // photos in flight at once
   const POLL_MS = 700;
 
@@ -293,8 +295,8 @@
   }
 
   /* ------------------------------------------------------------ add photos -- */
-  function isHeic(file) {
-    return ["heic", "heif"].includes(extOf(file.name)) || /^image\/hei[cf]/i.test(file.type || "");
+  function needsJpeg(file) {
+    return JPEG_EXT.includes(extOf(file.name)) || JPEG_MIME.includes((file.type || "").toLowerCase());
   }
 
   function isVideo(file) {
@@ -323,7 +325,7 @@
     for (const file of fileList) {
       const limit = isVideo(file) ? server.maxVideoBytes : server.maxFileBytes;
       if (!accepts(file)) {
-        rejected.push(`${file.name}: not a JPEG, PNG, WEBP or HEIC photo, nor an MP4, MOV, MKV, WEBM or AVI video.`);
+        rejected.push(`${file.name}: not a ${orList(LABELS.image)} photo, nor ${anOrA(orList(LABELS.video))} video.`);
       } else if (file.size === 0) {
         rejected.push(`${file.name}: the file is empty.`);
       } else if (file.size > limit) {
@@ -509,7 +511,7 @@
     const options = apiOptions(settings);
     for (const it of ready) {
       // browsers can't show HEIC: ask for a JPEG back so it can be previewed and shared
-      const opts = it.kind === "image" && isHeic(it.file) ? { ...options, format: "jpeg" } : options;
+      const opts = it.kind === "image" && needsJpeg(it.file) ? { ...options, format: "jpeg" } : options;
       Object.assign(it, { options: opts, batch: currentBatch, error: null });
       setState(it, "waiting");
     }
@@ -1280,6 +1282,74 @@
   }
 
   /* ------------------------------------------------------------ server info -- */
+  function orList(words) {
+    return words.length < 2 ? words.join("") : `${words.slice(0, -1).join(", ")} or ${words[words.length - 1]}`;
+  }
+  function anOrA(phrase) {
+    return /^[AEFHILMNORSX]/.test(phrase) ? `an ${phrase}` : `a ${phrase}`;
+  }
+
+  /** Accepted types from the server's format records (GET /formats). */
+  function useFormats(list) {
+    for (const f of list) {
+      const video = f.kind === "video";
+      (video ? VIDEO_EXT : ACCEPT_EXT).push(...f.extensions);
+      (video ? VIDEO_MIME : ACCEPT_MIME).push(...f.mime_types);
+      LABELS[video ? "video" : "image"].push(f.label);
+      for (const t of f.mime_types) EXT_OF_TYPE[t] = f.extensions[0];
+      if (NEEDS_JPEG.includes(f.name)) { JPEG_EXT.push(...f.extensions); JPEG_MIME.push(...f.mime_types); }
+    }
+    $("file-input").setAttribute("accept", [...ACCEPT_EXT, ...VIDEO_EXT].map((e) => `.${e}`)
+      .concat(ACCEPT_MIME, VIDEO_MIME).join(","));
+  }
+
+  /** Defaults, choices, ranges and help of the controls from the Options fields (GET /options). */
+  function useOptions(list) {
+    const byName = Object.fromEntries(list.map((o) => [o.name, o]));
+    const form = $("options-form");
+    for (const o of list) {
+      const boxes = [...form.querySelectorAll(`input[name="${o.name}"][type="checkbox"]`)];
+      const control = form.querySelector(`[name="${o.name}"]:not([type="checkbox"])`);
+      if (o.name === "targets") {
+        TARGETS.push(...o.choices);
+        for (const b of boxes) if (!o.choices.includes(b.value)) b.closest("label").remove();
+      }
+      for (const node of [control, ...boxes]) if (node && o.help) node.closest(".field, label, fieldset")?.setAttribute("title", o.help);
+      if (!control) continue;
+      if (control.tagName === "SELECT" && o.choices) {
+        for (const opt of [...control.options]) if (opt.value && !o.choices.includes(opt.value)) opt.remove();
+        const have = [...control.options].map((opt) => opt.value);
+        for (const c of o.choices) if (!have.includes(c)) control.append(el("option", { value: c, text: c }));
+      }
+      if (control.type === "range" && o.min !== undefined) {
+        const scale = Number(control.max) === 100 && o.max === 1 ? 100 : 1; // feather: shown as 0-100 %
+        control.min = String(o.min * scale);
+        control.max = String(o.max * scale);
+      }
+    }
+    for (const name of ["targets", "preset", "style", "shape", "color", "strength", "feather"]) {
+      const o = byName[name];
+      if (o) DEFAULTS[name] = o.default === null ? "" : o.default;
+    }
+  }
+
+  /** Both descriptions, before the form is filled; an unreachable server leaves the form as written. */
+  async function loadDescriptions() {
+    try {
+      const [f, o] = await Promise.all([`${API}/formats`, `${API}/options`].map(async (url) => {
+        const res = await fetch(url, { cache: "no-store" });
+        if (!res.ok) throw new Error(String(res.status));
+        return res.json();
+      }));
+      useFormats(f.formats);
+      useOptions(o.options);
+    } catch (_) { /* loadHealth says the server is down */ }
+    const written = readForm();
+    for (const [k, v] of Object.entries(written)) if (!(k in DEFAULTS)) DEFAULTS[k] = v;
+    if (!TARGETS.length) TARGETS.push(...[...document.querySelectorAll('input[name="targets"]')].map((i) => i.value));
+    Object.freeze(DEFAULTS);
+  }
+
   async function loadHealth() {
     try {
       const res = await fetch(`${API}/health`, { cache: "no-store" });
@@ -1306,8 +1376,8 @@
     } else {
       banner.hidden = true;
     }
-    $("dropzone-hint").textContent = `Photos: JPEG, PNG, WEBP or HEIC, up to ${formatBytes(server.maxFileBytes)} each. `
-      + `Videos: MP4, MOV, MKV, WEBM or AVI, up to ${formatBytes(server.maxVideoBytes)}. Several at once.`;
+    $("dropzone-hint").textContent = `Photos: ${orList(LABELS.image)}, up to ${formatBytes(server.maxFileBytes)} each. `
+      + `Videos: ${orList(LABELS.video)}, up to ${formatBytes(server.maxVideoBytes)}. Several at once.`;
     if (server.ttl) {
       const mins = Math.round(server.ttl / 60);
       const span = mins >= 120 && mins % 60 === 0 ? `${mins / 60} hours` : mins >= 1 ? `${mins} minute${mins === 1 ? "" : "s"}` : `${Math.round(server.ttl)} seconds`;
@@ -1448,9 +1518,11 @@
     });
   }
 
-  wire();
-  updateEmpty();
-  loadHealth().then(() => {
+  loadDescriptions().then(() => {
+    wire();
+    updateEmpty();
+    return loadHealth();
+  }).then(() => {
     if (server.auth === "keys" && !getKey()) askForKey("This veil server only accepts requests with an API key.");
   });
 
