@@ -271,3 +271,19 @@ def test_lower_layers_never_import_upper_ones_even_lazily():
     bad = [(m, t) for m, edges in graph.items() for t in edges
            for low, high in rules.items() if (m == low or m.startswith(low + ".")) and t.startswith(high)]  # fmt: skip
     assert not bad, bad
+
+
+def test_readme_format_table_matches_the_records():
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        m = re.match(r"\| `(\w+)`( \([^)]*\))? \| (.*?) \| `([\w/.+-]+)` \|\s*(.*?)\s*\| (kept|flattened onto white) \|$", line)
+        if m:
+            rows[m.group(1)] = m
+    assert list(rows) == list(SUPPORTED)
+    for f in formats.IMAGE_FORMATS:
+        m = rows[f.name]
+        assert re.findall(r"`([^`]+)`", m.group(3)) == list(f.extensions)
+        assert m.group(4) == f.mime_type and re.findall(r"`([^`]+)`", m.group(5)) == list(f.mime_aliases)
+        assert re.findall(r"`([^`]+)`", m.group(2) or "") == list(f.aliases)
+        assert (m.group(6) == "kept") == f.alpha
