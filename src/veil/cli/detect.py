@@ -19,14 +19,14 @@ from veil.detection.engine import get_engine
 from veil.detection.types import TARGETS
 from veil.errors import VeilError
 from veil.imageio import atomic_file, atomic_write, load_image
-from veil.pipeline.options import Options
+from veil.pipeline.options import Options, option_help
 
 
 @user_errors
 def detect(
     paths: list[Path] = typer.Argument(..., help="Image or video files, or folders (searched recursively)."),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated: face,person,plate (default: all)."),
-    preset: str = typer.Option("balanced", "--preset", "-p", help="fast, balanced or thorough."),
+    preset: str = typer.Option("balanced", "--preset", "-p", help=option_help("preset"), show_default=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this file (default: stdout)."),
 ) -> None:
     """Detect objects and print (or write) their boxes in upright-image pixels.

@@ -17,6 +17,7 @@ from veil.evaluation.metric import BUCKETS
 from statistics import median
 
 from veil.evaluation.runner import evaluate as run_eval, pooled
+from veil.pipeline.options import option_help
 
 
 def _pct(v) -> str:
@@ -27,7 +28,7 @@ def _pct(v) -> str:
 def evaluate(
     labels: list[Path] = typer.Argument(..., help="labels.json of one or more labelled photo sets (several are also scored pooled)."),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Targets to score (default: those labelled)."),
-    preset: str = typer.Option("balanced", "--preset", "-p", help="fast, balanced or thorough."),
+    preset: str = typer.Option("balanced", "--preset", "-p", help=option_help("preset"), show_default=False),
     margin: float = typer.Option(1.3, "--margin", help="Face box growth applied before scoring, as the anonymizer hides it (1.0 = raw boxes)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
