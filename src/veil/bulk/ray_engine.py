@@ -169,9 +169,15 @@ def _read(batch: dict, fs) -> dict:
 
 
 class Anonymizer:
-    """One actor: loads the models once, then anonymizes and encodes photo after photo."""
+    """One actor: loads the models once, then anonymizes and encodes photo after photo.
+    :func:`bound` makes the class for a run (options as class data, not constructor
+    arguments, which Ray keeps in its object store for actor restarts)."""
 
-    def __init__(self, options: Options, threads: int):
+    OPTIONS: Options = Options()
+    THREADS = 1
+
+    def __init__(self) -> None:
+        options, threads = self.OPTIONS, self.THREADS
         os.environ["VEIL_THREADS"] = str(threads)  # before any model session exists
         import cv2
 
@@ -208,6 +214,10 @@ class Anonymizer:
                 "error": errors, "report": reports, "fatal": fatal}  # fmt: skip
 
 
+def bound(options: Options, threads: int) -> type[Anonymizer]:
+    return type("Anonymizer", (Anonymizer,), {"OPTIONS": options, "THREADS": threads})
+
+
 def _write(batch: dict, fs, scheme: str) -> dict:
     errors = list(batch["error"])
     for i, (dst, data) in enumerate(zip(batch["dst"], batch["data"])):
@@ -228,8 +238,7 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address:
         kw["address"] = address
     else:
@@ -249,6 +258,8 @@ def run(job: BulkJob, bulk: BulkPlan) -> Iterator[dict[str, Any]]:
     import ray
     import ray.data
 
+    for name in ("ray", "ray.data"):  # veil reports progress and failures itself
+        logging.getLogger(name).setLevel(logging.ERROR)
     connect(job.address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -259,9 +270,16 @@ def run(job: BulkJob, bulk: BulkPlan) -> Iterator[dict[str, Any]]:
     ds = ray.data.from_items(bulk.todo, override_num_blocks=min(len(bulk.todo), 200))
     ds = ds.map_batches(_read, fn_kwargs={"fs": bulk.src_fs}, batch_size=1, num_cpus=IO_CPUS)
     gpus = {"num_gpus": size.gpus_per_actor} if size.gpus_per_actor else {}
-    ds = ds.map_batches(Anonymizer, fn_constructor_args=(job.options, size.threads), batch_size=1,
+    ds = ds.map_batches(bound(job.options, size.threads), batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=size.actors), num_cpus=size.cpus_per_actor, **gpus)  # fmt: skip
     ds = ds.map_batches(_write, fn_kwargs={"fs": out.fs, "scheme": out.scheme}, batch_size=1, num_cpus=IO_CPUS)
+    try:
+        yield from _items(ds, out)
+    except ray.exceptions.RayError as exc:  # a node or actor lost for good: what is written stays
+        raise VeilError(f"the Ray job stopped ({type(exc).__name__}); run the command again to resume") from None
+
+
+def _items(ds, out: Location) -> Iterator[dict[str, Any]]:
     for row in ds.iter_rows():
         item: dict[str, Any] = {"path": row["shown"], "output": out.uri(row["dst"]), "ok": not row["error"]}
         if row["error"]:
