@@ -153,7 +153,7 @@ class VideoFormat(_Described):
 VIDEO_FORMATS: tuple[VideoFormat, ...] = (
     VideoFormat("mp4", "MP4", (".mp4", ".m4v"), "video/mp4", ("video/x-m4v",)),
     VideoFormat("mov", "MOV", (".mov",), "video/quicktime"),
-    VideoFormat("matroska", "MKV", (".mkv", ".webm"), "video/x-matroska", ("video/webm",)),
+    VideoFormat("matroska", "MKV/WEBM", (".mkv", ".webm"), "video/x-matroska", ("video/webm",)),
     VideoFormat("avi", "AVI", (".avi",), "video/x-msvideo", ("video/avi",)),
     VideoFormat("mpegts", "MPEG-TS", (".ts", ".mts", ".m2ts"), "video/mp2t"),
     VideoFormat("flv", "FLV", (".flv",), "video/x-flv"),
@@ -161,6 +161,8 @@ VIDEO_FORMATS: tuple[VideoFormat, ...] = (
 VIDEO_BY_NAME: Mapping[str, VideoFormat] = MappingProxyType({f.name: f for f in VIDEO_FORMATS})
 #: Every suffix of every video family, dots included.
 VIDEO_SUFFIXES: frozenset[str] = frozenset(e for f in VIDEO_FORMATS for e in f.extensions)
+#: ``"MP4, MOV, MKV, AVI, MPEG-TS or FLV"``: how messages name the videos taken.
+VIDEO_LABELS: str = ", ".join(f.label for f in VIDEO_FORMATS[:-1]) + f" or {VIDEO_FORMATS[-1].label}"
 
 
 def describe_all() -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from veil.errors import OptionsError
+from veil.imageio import formats
 from veil.pipeline.options import Options
 from veil.server.app import get_state, principal
 from veil.server.jobs import Principal, Upload
@@ -49,8 +50,8 @@ _JOB_FORM = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "JPEG, PNG, WEBP, HEIC, TIFF or BMP images and MP4, MOV, MKV, WEBM, AVI, "
-                                           "MPEG-TS or FLV videos (content is sniffed, names ignored)",
+                            "description": f"{formats.LABELS} images and {formats.VIDEO_LABELS} videos "
+                                           "(content is sniffed, names ignored; GET /api/v1/formats lists them)",
                         },
                         "options": {"type": "string", "description": "JSON object of veil options"},
                         "callback_url": {"type": "string", "format": "uri"},
