@@ -32,11 +32,11 @@ def ray_items(sources: list[str], output: str | None, options: Options, *, jobs:
     photo as Ray writes it; failures are printed as they come."""
     from veil.bulk import ray_engine
 
-    ray_engine.require_ray()
     if output is None or in_place:
         raise OptionsError("--engine ray writes to an output folder or bucket: give -o (not --in-place)")
     if dry_run:
         raise OptionsError("--dry-run runs on the local engine (drop --engine ray)")
+    ray_engine.require_ray()
     job = ray_engine.BulkJob([_uri(s) for s in sources], _uri(output), options, IMAGE_SUFFIXES, VIDEO_SUFFIXES,
                              actors=jobs, skip_existing=skip_existing is not False, address=address)  # fmt: skip
     bulk = ray_engine.plan(job)
