@@ -8,8 +8,9 @@ Usage:
 The labelled clip is built from the face set's photos: each photo is one shot of
 ``--seconds`` at 1280x720, 25 fps, a Ken-Burns pan and zoom across it (seeded), with hard
 cuts between photos; the labelled faces move with the pixels, so where every face is in
-every frame is known. Both tools hide faces with a solid fill (veil ``--style fill``,
-deface ``--replacewith solid``), and a labelled face (>= 16 px high in the frame) counts
+every frame is known. Both tools hide faces with a solid fill as a box (veil ``--style fill
+--shape box --feather 0``, deface ``--replacewith solid --boxes``: the shape is not what is
+measured), and a labelled face (>= 16 px high in the frame) counts
 as *visible* in a frame when less than half of its box is filled in the output: the
 output pixels decide, the same way for both. Printed per tool: per-frame recall, the share
 of frames with any face visible, the longest run of frames one face stays visible, and
@@ -117,7 +118,7 @@ def visible(out: Path, labels: list[list[tuple[str, list[float]]]]) -> dict[str,
 
 def run_veil(clip: Path, out: Path, preset: str, targets: str) -> float:
     """Wall seconds of a full ``veil anonymize`` (fill style) of the clip, models included."""
-    cmd = [VEIL, "anonymize", str(clip), "-o", str(out.parent), "--style", "fill",
+    cmd = [VEIL, "anonymize", str(clip), "-o", str(out.parent), "--style", "fill", "--shape", "box", "--feather", "0",
            "--preset", preset, "--targets", targets]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -126,7 +127,7 @@ def run_veil(clip: Path, out: Path, preset: str, targets: str) -> float:
 
 def run_deface(exe: Path, clip: Path, out: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([str(exe), "--keep-audio", "--replacewith", "solid", str(clip), "-o", str(out)], check=True,
+    subprocess.run([str(exe), "--keep-audio", "--replacewith", "solid", "--boxes", str(clip), "-o", str(out)], check=True,
                    capture_output=True)  # fmt: skip
     return time.perf_counter() - t0
 

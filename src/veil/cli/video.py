@@ -19,6 +19,7 @@ from veil.errors import VeilError
 from veil.pipeline.options import Options
 from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
 from veil.video.container import EXTENSIONS, VideoInfo
+from veil.video.pipeline import track_extension
 
 
 def video_extension(path: Path) -> str | None:
@@ -105,7 +106,7 @@ def detect_video_lines(src: Path, options: Options, out: IO[str], engine: Any, b
         info, frames, shots, times = detect_video(str(src), options, engine=engine, progress=progress)
     finally:
         progress.close()
-    tp = plan(frames, shots, info.fps, extend=options.track_extend)
+    tp = plan(frames, shots, info.fps, extend=track_extension(options))
     for i, dets in enumerate(tp.frames):
         rows = []
         for d in dets:

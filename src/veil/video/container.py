@@ -34,6 +34,9 @@ _AUDIO_COPY = {
     "matroska": {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3", "pcm_s16le", "alac", "dts"},
     "mpegts": {"aac", "mp3", "ac3", "eac3", "opus"},
 }
+#: Largest frame veil decodes (8K UHD is 33 MP): a frame and its masked copy must fit in
+#: memory many times over, so a header claiming more is refused before any decoding.
+MAX_FRAME_PIXELS = 40_000_000
 #: Tags that only describe the file's structure (left out of the report's "removed" list).
 _STRUCTURAL = {"major_brand", "minor_version", "compatible_brands", "handler_name", "language", "vendor_id",
                "duration", "_statistics_tags", "_statistics_writing_app", "number_of_frames", "number_of_bytes", "bps"}  # fmt: skip
@@ -125,6 +128,8 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     cc = v.codec_context
     if not cc.width or not cc.height:
         raise VideoError("the video stream has no picture size (corrupt header)")
+    if cc.width * cc.height > MAX_FRAME_PIXELS:
+        raise VideoError(f"frames of {cc.width}x{cc.height} exceed veil's limit of {MAX_FRAME_PIXELS // 1_000_000} MP per frame")
     rate = v.average_rate or v.guessed_rate or v.base_rate or Fraction(25)
     duration = float(v.duration * v.time_base) if v.duration and v.time_base else (container.duration or 0) / 1e6
     frames = int(v.frames or 0)

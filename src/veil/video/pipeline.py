@@ -34,18 +34,28 @@ class Schedule:
 
     #: the preset's detectors run on every ``every``-th frame and on the first of each shot
     every: int = 1
-    #: the detectors of this (lighter) preset run on the frames between, if any
+    #: the detectors of this (lighter) preset run on the frames between, if any ...
     between: str | None = None
+    #: ... for these targets only (the others are covered by their tracks there)
+    between_targets: tuple[str, ...] = ("face",)
 
     def describe(self, preset: str) -> str | None:
         if self.every == 1:
             return None
-        rest = f"{self.between} detectors on the frames between" if self.between else "tracks cover the frames between"
-        return f"{preset}: its detectors on every {self.every}{'nd' if self.every == 2 else 'rd' if self.every == 3 else 'th'} frame, {rest}"
+        nth = f"{self.every}{'nd' if self.every == 2 else 'rd' if self.every == 3 else 'th'}"
+        rest = (f"{self.between}'s {'/'.join(self.between_targets)} detectors on the frames between"
+                if self.between else "tracks cover the frames between")  # fmt: skip
+        return f"{preset}: its detectors on every {nth} frame and the first of each shot, {rest}"
 
 
+#: Which detectors run on which frames, per preset (``thorough``: all of them on every frame).
 #: ``fast`` detects on every 2nd frame and lets the tracks cover the frames between.
-SCHEDULES: dict[str, Schedule] = {"fast": Schedule(every=2)}
+#: ``balanced`` runs its full plans (YOLO11m faces...) on every 4th frame and CenterFace
+#: (``fast``'s face plan) on every frame between: on the labelled Ken-Burns clip this finds
+#: more than YOLO11m on every frame (which misses some faces for many frames in a row,
+#: where CenterFace sees them) at under half the cost (bench/video.py). Every object a
+#: full pass finds is hidden from ``every - 1`` frames before (the track's extension).
+SCHEDULES: dict[str, Schedule] = {"fast": Schedule(every=2), "balanced": Schedule(every=4, between="fast")}
 
 
 class Cancelled(VeilError):
@@ -97,6 +107,12 @@ class VideoReport:
         }  # fmt: skip
 
 
+def track_extension(options: Options) -> int:
+    """Frames a track is extended: the option, but at least the frames between two runs of
+    the preset's detectors, so an object they find is hidden since it could first be seen."""
+    return max(options.track_extend, SCHEDULES.get(options.preset, Schedule()).every - 1)
+
+
 def _rewind(src: str | BinaryIO) -> str | BinaryIO:
     if not isinstance(src, str):
         src.seek(0)
@@ -119,6 +135,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
         from veil.detection.engine import get_engine
 
         light = get_engine(sched.between)
+    light_targets = tuple(t for t in options.targets if t in sched.between_targets)
     cuts = CutDetector()
     frames: list[list[Detection] | None] = []
     shots: list[int] = []
@@ -136,8 +153,8 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
             times.append(float(frame.time) if frame.time is not None else i / (info.fps or 25.0))
             if i % sched.every == 0 or fresh:
                 frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
-            elif light is not None:
-                frames.append(wanted_detections(light.detect(rgb, targets=options.targets), options))
+            elif light is not None and light_targets:
+                frames.append(wanted_detections(light.detect(rgb, targets=light_targets), options))
             else:
                 frames.append(None)
             if progress is not None:
@@ -170,7 +187,7 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
     t0 = time.perf_counter()
     info, frames, shots, _times = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
     t_detect = time.perf_counter()
-    tp = plan(frames, shots, info.fps, extend=options.track_extend)
+    tp = plan(frames, shots, info.fps, extend=track_extension(options))
     rep = VideoReport(info=info, preset=options.preset, frames=len(frames), shots=shots[-1] + 1,
                       detected_frames=sum(1 for f in frames if f is not None))  # fmt: skip
     for dets in frames:
