@@ -264,3 +264,40 @@ def test_avi_becomes_mp4_with_every_frame(tmp_path, engine):
     assert rep.info.container == "avi" and rep.container_out == "mp4"
     assert rep.frames == len(boxes) == len(frame_times(tmp_path / "cam.mp4"))
     assert frame_times(tmp_path / "cam.mp4") == frame_times(src)
+
+
+def _mjpeg_avi(path: Path, sizes: list[tuple[int, int]]) -> None:
+    """An MJPEG AVI whose frames are the given JPEG sizes (packets written as they are)."""
+    import io
+    from fractions import Fraction
+
+    from PIL import Image
+
+    with av.open(str(path), "w", format="avi") as o:
+        s = o.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = sizes[0][0], sizes[0][1], "yuvj420p"
+        o.start_encoding()
+        for i, (w, h) in enumerate(sizes):
+            buf = io.BytesIO()
+            Image.new("RGB", (w, h), (90, 120, 150)).save(buf, format="JPEG")
+            p = av.Packet(buf.getvalue())
+            p.stream, p.pts, p.dts, p.time_base = s, i, i, Fraction(1, 10)
+            o.mux(p)
+
+
+def test_frames_that_grow_mid_stream_are_refused(tmp_path):
+    """A small header followed by huge frames must not be decoded (nor squashed) silently."""
+    src = tmp_path / "switch.avi"
+    _mjpeg_avi(src, [(64, 48)] * 3 + [(640, 480)] * 2)
+    with pytest.raises(VideoError, match="size changes"):
+        anonymize_video(src, tmp_path / "out.mp4", Options(targets=("face",), preset="fast"))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_codec_without_decoder_is_a_named_error(tmp_path):
+    good = tmp_path / "mj.avi"
+    _mjpeg_avi(good, [(64, 48)] * 3)
+    bad = tmp_path / "zz.avi"
+    bad.write_bytes(good.read_bytes().replace(b"MJPG", b"ZZZZ"))
+    with pytest.raises(VideoError):
+        anonymize_video(bad, tmp_path / "out.mp4", Options(targets=("face",), preset="fast"))

@@ -66,8 +66,9 @@ def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_plac
     item: dict[str, Any] = {"path": str(src), "output": None if dry_run else str(dst), "ok": False, "kind": "video"}
     progress = _Bar(bar, src.name)
     try:
-        if in_place and dst.suffix.lower() != src.suffix.lower():
-            raise VeilError(f"cannot be anonymized in place: it is written as {dst.suffix} (use -o)")
+        out_ext = video_extension(src)
+        if in_place and out_ext and out_ext != src.suffix.lower():
+            raise VeilError(f"cannot be anonymized in place: it is written as {out_ext} (use -o)")
         if not dry_run:
             dst.parent.mkdir(parents=True, exist_ok=True)
         source_sha = file_sha256(src) if hashes and not dry_run else ""

@@ -28,10 +28,12 @@ EXTENSIONS = {n: VIDEO_BY_NAME[n].extension for n in sorted(set(_OUTPUT.values()
 CONTENT_TYPES = {n: VIDEO_BY_NAME[n].mime_type for n in EXTENSIONS}
 _ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 #: Audio codecs each output container takes as they are; others are re-encoded to AAC.
+#: Vorbis is never copied: its comment header (vendor, GPS, titles) is part of the codec
+#: data that a copy would carry over.
 _AUDIO_COPY = {
     "mp4": {"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac"},
     "mov": {"aac", "mp3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "ac3", "eac3"},
-    "matroska": {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3", "pcm_s16le", "alac", "dts"},
+    "matroska": {"aac", "mp3", "opus", "flac", "ac3", "eac3", "pcm_s16le", "alac", "dts"},
     "mpegts": {"aac", "mp3", "ac3", "eac3", "opus"},
 }
 #: Largest frame veil decodes (8K UHD is 33 MP): a frame and its masked copy must fit in
@@ -106,9 +108,12 @@ def open_input(src: str | BinaryIO) -> tuple[av.container.InputContainer, VideoI
         raise VideoError(f"corrupt, truncated or unreadable video ({_why(exc)})") from None
     try:
         info = _probe(container, family)
-    except BaseException:
+    except VideoError:
         container.close()
         raise
+    except Exception as exc:  # a header PyAV cannot describe: hostile or broken input
+        container.close()
+        raise VideoError(f"unreadable video header ({type(exc).__name__})") from None
     return container, info
 
 
@@ -126,6 +131,8 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
         raise VideoError(f"no video stream in this file (it holds {kinds})")
     v = videos[0]
     cc = v.codec_context
+    if cc is None:
+        raise VideoError("no decoder for this file's video codec")
     if not cc.width or not cc.height:
         raise VideoError("the video stream has no picture size (corrupt header)")
     if cc.width * cc.height > MAX_FRAME_PIXELS:
@@ -142,7 +149,7 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     return VideoInfo(
         container=family, width=cc.width, height=cc.height, rotation=0, frames=frames, fps=float(rate),
         duration_s=duration, codec=cc.name, bit_rate=int(cc.bit_rate or container.bit_rate or 0),
-        audio=[a.codec_context.name for a in container.streams.audio],
+        audio=[a.codec_context.name if a.codec_context else "unknown" for a in container.streams.audio],
         dropped_streams=[s.type for s in container.streams if s.type not in ("video", "audio")]
         + [f"video (extra #{s.index})" for s in videos[1:]],
         metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []), frames_exact=exact,
@@ -150,7 +157,8 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
 
 
 def _is_webm(container: av.container.InputContainer) -> bool:
-    return all(s.codec_context.name in ("vp8", "vp9", "av1", "opus", "vorbis") for s in container.streams if s.type in ("video", "audio"))
+    return all(s.codec_context is not None and s.codec_context.name in ("vp8", "vp9", "av1", "opus", "vorbis")
+               for s in container.streams if s.type in ("video", "audio"))  # fmt: skip
 
 
 def _chapters(container: av.container.InputContainer) -> bool:
@@ -160,9 +168,12 @@ def _chapters(container: av.container.InputContainer) -> bool:
         return False
 
 
-def upright(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+def upright(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None = None) -> np.ndarray:
     """An ``H x W x 3`` RGB array of ``frame``, turned upright (as photos are: the pixels
-    are rotated and the output carries no rotation tag)."""
+    are rotated and the output carries no rotation tag). ``size``: the stored size every
+    frame must have (a stream whose frames grow mid-way is refused before converting)."""
+    if size is not None and (frame.width, frame.height) != size:
+        raise VideoError(f"the picture size changes mid-stream ({size[0]}x{size[1]} to {frame.width}x{frame.height})")
     rgb = frame.to_ndarray(format="rgb24")
     return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
 
@@ -223,7 +234,9 @@ class VideoWriter:
         self.audio_encoders: dict[int, Any] = {}
         if audio == "keep":
             for a in source.streams.audio:
-                if a.codec_context.name in _AUDIO_COPY.get(self.format, set()):
+                if a.codec_context is None:
+                    self.notes.append("an audio stream with no decoder was dropped")
+                elif a.codec_context.name in _AUDIO_COPY.get(self.format, set()):
                     self.audio_map[a.index] = self.out.add_stream_from_template(a)
                 else:
                     self.audio_encoders[a.index] = self.out.add_stream("aac", rate=a.codec_context.sample_rate or 48000)

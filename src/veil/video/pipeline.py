@@ -21,7 +21,16 @@ from veil.imageio import atomic_file
 from veil.masking import mask_detections
 from veil.pipeline.core import wanted_detections
 from veil.pipeline.options import Options
-from veil.video.container import CONTENT_TYPES, EXTENSIONS, VideoInfo, VideoWriter, iter_frames, open_input, upright
+from veil.video.container import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    MAX_FRAME_PIXELS,
+    VideoInfo,
+    VideoWriter,
+    iter_frames,
+    open_input,
+    upright,
+)
 from veil.video.cuts import CutDetector
 from veil.video.tracks import TrackPlan, plan
 
@@ -145,7 +154,11 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
         for i, frame in enumerate(iter_frames(container)):
             if i == 0:
                 info.set_rotation(frame.rotation)
-            rgb = upright(frame, info.rotation)
+                stored = (frame.width, frame.height)
+                if frame.width * frame.height > MAX_FRAME_PIXELS:
+                    raise VideoError(f"frames of {frame.width}x{frame.height} exceed veil's limit of "
+                                     f"{MAX_FRAME_PIXELS // 1_000_000} MP per frame")  # fmt: skip
+            rgb = upright(frame, info.rotation, stored)
             if cuts.is_cut(rgb):
                 shot += 1
             fresh = not shots or shots[-1] != shot
@@ -231,6 +244,8 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
     rep.metadata_kept = [k for k in options.keep_metadata if k in ("copyright", "artist", "datetime")]
     n = len(tp.frames)
     i = 0
+    w, h = rep.info.width, rep.info.height
+    stored = (h, w) if rep.info.rotation in (90, 270) else (w, h)
     ok = False
     try:
         streams = [container.streams.video[0], *(container.streams.audio if options.audio == "keep" else ())]
@@ -242,7 +257,7 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
             for frame in packet.decode():
                 if i >= n:
                     raise VideoError("the video decoded differently the second time (more frames)")
-                rgb = upright(frame, rep.info.rotation)
+                rgb = upright(frame, rep.info.rotation, stored)
                 h, w = rgb.shape[:2]
                 dets = [d.clipped(w, h) for d in tp.frames[i]]
                 out, masked = mask_detections(rgb, dets, options, stage="track") if dets else (rgb, [])

@@ -118,9 +118,10 @@ def link(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
                 if j is None:
                     continue
                 taken.add(j)
-                live.setdefault(int(tid), Track(group, shot_now)).dets[i] = mine[j]
-                if live[int(tid)] not in tracks:
+                if int(tid) not in live:  # a new track (ids are never reused within a shot)
+                    live[int(tid)] = Track(group, shot_now)
                     tracks.append(live[int(tid)])
+                live[int(tid)].dets[i] = mine[j]
             for j, d in enumerate(mine):  # detections ByteTrack did not report: tracks of their own
                 if j not in taken:
                     tracks.append(Track(group, shot_now, {i: d}))
