@@ -50,7 +50,8 @@ def face_photo(size: int) -> np.ndarray:
 
 def face_clip(path: Path, *, frames: int = 24, fps: int = 12, size: tuple[int, int] = (320, 240), face_px: int = 90,
               vfr: bool = False, rotation: int = 0, audio: bool = False, subtitles: bool = False,
-              metadata: bool = False, container: str = "mp4", blank: tuple[int, ...] = ()) -> list[tuple[int, int, int, int]]:  # fmt: skip
+              metadata: bool = False, container: str = "mp4", blank: tuple[int, ...] = (),
+              secret: str = SECRET) -> list[tuple[int, int, int, int]]:  # fmt: skip
     """Write a clip of a real face gliding across a textured background; returns the face's
     box in each (upright) frame. ``vfr`` alternates 1x and 2x frame durations; ``blank``
     frames show no face (for gap-filling tests)."""
@@ -63,7 +64,7 @@ def face_clip(path: Path, *, frames: int = 24, fps: int = 12, size: tuple[int, i
     tb = Fraction(1, 1000)
     with av.open(str(path), "w", format=container) as out:
         if metadata:
-            for k, v in {"title": SECRET, "location": GPS, "make": "PhoneCorp", "model": "X1", "comment": SECRET,
+            for k, v in {"title": secret, "location": GPS, "make": "PhoneCorp", "model": "X1", "comment": secret,
                          "creation_time": "2026-05-01T10:00:00Z", "encoder": "PhoneCorp Camera 2.1"}.items():  # fmt: skip
                 out.metadata[k] = v
         stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "20"})
