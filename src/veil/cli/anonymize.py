@@ -333,14 +333,15 @@ def anonymize(
     if not work:
         raise OptionsError("no images or videos found in the given paths")
     work, skipped, manifest = _resume(work, output, options, skip_existing, dry_run)
-    workers = workers or auto_jobs(sum(1 for s, _ in work if not video_extension(s)))
+    videos = [(s, d) for s, d in work if video_extension(s)]  # sniffed once here
+    video_set = set(videos)
+    photos = [w for w in work if w not in video_set]
+    workers = workers or auto_jobs(len(photos))
 
     items: list[dict] = list(skipped)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("dry run" if dry_run else "anonymize", total=len(work))
-        videos = [(s, d) for s, d in work if video_extension(s)]
-        photos = [w for w in work if w not in videos]
 
         def done(item: dict) -> None:
             items.append(item)

@@ -18,7 +18,7 @@ from veil.cli.resume import file_sha256
 from veil.errors import VeilError
 from veil.pipeline.options import Options
 from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
-from veil.video.container import EXTENSIONS, VideoInfo
+from veil.video.container import EXTENSIONS, output_container
 from veil.video.pipeline import track_extension
 
 
@@ -33,8 +33,7 @@ def video_extension(path: Path) -> str | None:
         return None
     if family == "matroska" and path.suffix.lower() == ".webm":
         family = "webm"  # told apart for sure only once opened; the name is enough to plan
-    out = VideoInfo(family, 0, 0, 0, 0, 0.0, 0.0, "", 0).output_container
-    return EXTENSIONS[out]
+    return EXTENSIONS[output_container(family)]
 
 
 class _Bar:

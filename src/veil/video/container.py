@@ -77,7 +77,7 @@ class VideoInfo:
 
     @property
     def output_container(self) -> str:
-        return _OUTPUT.get(self.container, "mp4")
+        return output_container(self.container)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +85,11 @@ class VideoInfo:
             "frames": self.frames, "fps": round(self.fps, 3), "duration_s": round(self.duration_s, 3),
             "codec": self.codec, "audio": list(self.audio), "dropped_streams": list(self.dropped_streams),
         }  # fmt: skip
+
+
+def output_container(family: str) -> str:
+    """The container veil writes for an input of ``family`` (see :data:`_OUTPUT`)."""
+    return _OUTPUT.get(family, "mp4")
 
 
 def _head(src: str | BinaryIO) -> bytes:
@@ -242,7 +247,7 @@ class VideoWriter:
                     self.audio_encoders[a.index] = self.out.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
                     self.notes.append(f"audio {a.codec_context.name} re-encoded to AAC ({self.format} cannot hold it)")
             for s in self.audio_map.values():
-                s.metadata.clear() if hasattr(s.metadata, "clear") else None
+                s.metadata.clear()
         for tag in _keep_tags(source, keep):
             self.out.metadata[tag[0]] = tag[1]
         self._last_pts: int | None = None
@@ -299,7 +304,3 @@ def _keep_tags(source: av.container.InputContainer, keep: tuple[str, ...]) -> li
                 out.append((tag, str(value)[:256]))
                 break
     return out
-
-
-def audio_streams(container: av.container.InputContainer) -> list[Any]:
-    return list(container.streams.audio)
