@@ -40,17 +40,20 @@ def audit(
     job_id: Optional[str] = typer.Option(None, "--job", help="Only this job."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="VEIL_SERVER_DATA_DIR"),
+    database: Optional[str] = typer.Option(None, "--database", envvar="VEIL_DATABASE_URL", show_envvar=True,
+                                           help="postgresql://user:password@host:port/db shared by several "
+                                                "API nodes (default: the SQLite file in the data dir)."),
 ) -> None:
     """Show the server's audit log: time, key id, job, images, options, detections, output hashes."""
     from veil.server.audit import AuditLog
     from veil.server.config import ServerConfig
-    from veil.server.store import Store
+    from veil.server.database import open_server_database
 
-    config = ServerConfig.from_env(data_dir=data_dir)
-    if not config.db_path.exists():
+    config = ServerConfig.from_env(data_dir=data_dir, database=database or None)
+    if not config.database and not config.db_path.exists():
         console.print(f"no server database in {config.data_dir}", highlight=False)
         return
-    entries = AuditLog(Store(config.db_path)).entries(limit=limit, since=parse_since(since), key_id=key_id, job_id=job_id)
+    entries = AuditLog(open_server_database(config)).entries(limit=limit, since=parse_since(since), key_id=key_id, job_id=job_id)
     if as_json:
         for e in entries:
             print(json.dumps(e.to_json(), separators=(",", ":")))

@@ -14,19 +14,22 @@ from veil.cli.common import console, err_console, user_errors
 app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of 'veil serve'.")
 
 DataDir = typer.Option(None, "--data-dir", envvar="VEIL_SERVER_DATA_DIR", help="The server's data dir.")
+DatabaseUrl = typer.Option(None, "--database", envvar="VEIL_DATABASE_URL", show_envvar=True,
+                           help="postgresql://user:password@host:port/db shared by several API nodes "
+                                "(default: the SQLite file in the data dir).")
 
 
-def _config(data_dir: Optional[Path]):  # noqa: ANN202
+def _config(data_dir: Optional[Path], database: Optional[str] = None):  # noqa: ANN202
     from veil.server.config import ServerConfig
 
-    return ServerConfig.from_env(data_dir=data_dir)
+    return ServerConfig.from_env(data_dir=data_dir, database=database or None)
 
 
 def _manager(config):  # noqa: ANN001, ANN202
+    from veil.server.database import open_server_database
     from veil.server.keys import KeyManager
-    from veil.server.store import Store
 
-    return KeyManager(Store(config.db_path))
+    return KeyManager(open_server_database(config))
 
 
 @app.command("create")
@@ -39,9 +42,10 @@ def create(
                                                  help="Unfinished jobs at once (default: server limit)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     data_dir: Optional[Path] = DataDir,
+    database: Optional[str] = DatabaseUrl,
 ) -> None:
     """Create a key. The key and its webhook secret are shown once: store them now."""
-    config = _config(data_dir)
+    config = _config(data_dir, database)
     quota = config.default_quota_per_day if quota_per_day is None else quota_per_day
     created = _manager(config).create(name, quota_per_day=quota, max_concurrent=max_concurrent)
     if as_json:
@@ -58,9 +62,10 @@ def create(
 def list_keys(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     data_dir: Optional[Path] = DataDir,
+    database: Optional[str] = DatabaseUrl,
 ) -> None:
     """List keys (ids, quotas, today's use); never the keys themselves."""
-    mgr = _manager(_config(data_dir))
+    mgr = _manager(_config(data_dir, database))
     keys = mgr.list()
     rows = [{**k.public(), "used_today": mgr.used_today(k.id)} for k in keys]
     if as_json:
@@ -82,9 +87,10 @@ def list_keys(
 def revoke(
     key_id: str = typer.Argument(..., help="The key's id (k_…), as shown by 'veil keys list'."),
     data_dir: Optional[Path] = DataDir,
+    database: Optional[str] = DatabaseUrl,
 ) -> None:
     """Revoke a key at once; requests with it get 401."""
-    if not _manager(_config(data_dir)).revoke(key_id):
+    if not _manager(_config(data_dir, database)).revoke(key_id):
         err_console.print(f"[red]no active key {key_id!r}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}", highlight=False)

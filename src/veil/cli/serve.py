@@ -34,6 +34,10 @@ def serve(
                                                      help="Pixels of all the images of one request [1000000000]."),
     max_video_mb: Optional[int] = typer.Option(None, "--max-video-mb", min=1,
                                                help="Video upload limit in MB (spooled encrypted to disk) [2048]."),
+    database: Optional[str] = typer.Option(None, "--database", envvar="VEIL_DATABASE_URL", show_envvar=True,
+                                           help="postgresql://user:password@host:port/db for API keys, quotas and "
+                                                "the audit log, shared by several API nodes (default: the SQLite "
+                                                "file in the data dir). Never job records or images."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve the API at http://HOST:PORT/api/v1 (OpenAPI docs at /docs)."""
@@ -56,6 +60,7 @@ def serve(
         max_pixels=max_pixels,
         max_request_pixels=max_request_pixels,
         max_video_bytes=max_video_mb * 1024 * 1024 if max_video_mb else None,
+        database=database or None,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from veil.server.keys import iso
-from veil.server.store import Store, dumps, loads
+from veil.server.store import Database, dumps, loads
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def sum_counts(per_image: Iterable[dict[str, int] | None]) -> dict[str, int]:
 
 
 class AuditLog:
-    def __init__(self, store: Store):
+    """The audit table of the server database (SQLite, or PostgreSQL shared by nodes)."""
+
+    def __init__(self, store: Database):
         self.store = store
 
     def record(

@@ -127,6 +127,10 @@ class ServerConfig:
     serve_web: bool = True
     #: Quota for keys created without one (images per UTC day; 0 = unlimited).
     default_quota_per_day: int = 0
+    #: Where API keys, usage counters and the audit log live: a ``postgresql://`` URL
+    #: (shared by several API nodes) or ``None`` = the SQLite file in ``data_dir``
+    #: (``db_path``). Job records and images never go there. Not in ``repr`` (password).
+    database: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -192,6 +196,8 @@ class ServerConfig:
         if limit_kwargs:
             base = kwargs.get("limits") or ServerLimits()
             kwargs["limits"] = dataclasses.replace(base, **limit_kwargs)
+        if not kwargs.get("database"):  # VEIL_SERVER_DATABASE, --database, else VEIL_DATABASE_URL
+            kwargs["database"] = env.get("VEIL_DATABASE_URL") or None
         return cls(**kwargs)
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from veil.server.store import Store
+from veil.server.store import Database, for_update
 
 KEY_PREFIX = "veil_"
 
@@ -81,7 +80,10 @@ def seconds_to_utc_midnight(ts: float | None = None) -> int:
 
 
 class KeyManager:
-    def __init__(self, store: Store):
+    """Keys and their daily usage on the server database (SQLite, or PostgreSQL shared
+    by several API nodes)."""
+
+    def __init__(self, store: Database):
         self.store = store
 
     def create(self, name: str, quota_per_day: int = 0, max_concurrent: int | None = None) -> CreatedKey:
@@ -134,18 +136,42 @@ class KeyManager:
         row = self.store.one("SELECT images FROM usage WHERE key_id = ? AND day = ?", (key_id, utc_day()))
         return int(row["images"]) if row else 0
 
+    def reserve(self, key: ApiKey, images: int) -> int | None:
+        """Take ``images`` of ``key``'s quota for today, in one race-free transaction.
 
-def quota_left(conn: sqlite3.Connection, key: ApiKey) -> int | None:
-    """Images ``key`` may still submit today (``None`` = unlimited). Call inside a transaction."""
+        Returns the images that were left before (``None`` = unlimited); when that is
+        fewer than ``images`` nothing is taken and the caller refuses the request.
+        """
+        with self.store.transaction() as conn:
+            left = quota_left(conn, key)
+            if left is None or images <= left:
+                add_usage(conn, key.id, images)
+            return left
+
+    def refund(self, key_id: str, images: int) -> None:
+        """Give back images reserved for work that was never queued."""
+        with self.store.transaction() as conn:
+            add_usage(conn, key_id, -images)
+
+
+def quota_left(conn: Any, key: ApiKey) -> int | None:
+    """Images ``key`` may still submit today (``None`` = unlimited). Call inside a
+    transaction: today's usage row is created and locked, so a concurrent
+    read-check-write of the same key (another thread or API node) waits for this one
+    to end instead of reading the same count."""
     if not key.quota_per_day:
         return None
-    row = conn.execute("SELECT images FROM usage WHERE key_id = ? AND day = ?", (key.id, utc_day())).fetchone()
-    return max(0, key.quota_per_day - (int(row[0]) if row else 0))
+    day = utc_day()
+    conn.execute(
+        "INSERT INTO usage (key_id, day, images) VALUES (?,?,0) ON CONFLICT(key_id, day) DO NOTHING", (key.id, day)
+    )
+    row = conn.execute("SELECT images FROM usage WHERE key_id = ? AND day = ?" + for_update(conn), (key.id, day)).fetchone()
+    return max(0, key.quota_per_day - (int(row["images"]) if row else 0))
 
 
-def add_usage(conn: sqlite3.Connection, key_id: str, images: int) -> None:
+def add_usage(conn: Any, key_id: str, images: int) -> None:
     conn.execute(
         "INSERT INTO usage (key_id, day, images) VALUES (?,?,?) "
-        "ON CONFLICT(key_id, day) DO UPDATE SET images = images + excluded.images",
+        "ON CONFLICT(key_id, day) DO UPDATE SET images = usage.images + excluded.images",
         (key_id, utc_day(), images),
     )

@@ -2,7 +2,9 @@
 
 Never holds image bytes, file names or image metadata. One connection guarded by a
 lock (WAL mode, so ``veil keys``/``veil audit`` can read and write while the server
-runs). The database file is 0600 inside a 0700 data dir.
+runs). The database file is 0600 inside a 0700 data dir. :class:`Database` is the
+interface it shares with the PostgreSQL backend (``veil.server.database``), which
+several API nodes use to share keys, quotas and the audit log.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from veil.server.config import ensure_private_dir
 
-SCHEMA = """
+JOB_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     key_id TEXT,
@@ -48,6 +50,11 @@ CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT,
     PRIMARY KEY (job_id, idx)
 );
+"""
+
+#: Keys, usage counters and the audit log: the tables several API nodes can share on
+#: PostgreSQL (``veil.server.database`` translates this SQLite text to its dialect).
+SHARED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -78,10 +85,34 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit(time);
 """
+SCHEMA = JOB_SCHEMA + SHARED_SCHEMA
+
+
+class Database(Protocol):
+    """What keys, quotas and the audit log need of a database: ``?`` placeholders, rows
+    as dicts; ``transaction()`` yields a connection whose ``execute(sql, params)`` returns
+    a cursor (``fetchone``/``fetchall``). SQL for both backends: no SQLite-only functions
+    (``MAX(a, b)``), ``table.column`` in ``ON CONFLICT ... DO UPDATE``."""
+
+    dialect: str
+
+    def transaction(self) -> Any: ...
+    def execute(self, sql: str, params: tuple | dict = ()) -> int: ...
+    def query(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]: ...
+    def one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None: ...
+    def close(self) -> None: ...
+
+
+def for_update(conn: Any) -> str:
+    """`` FOR UPDATE`` on PostgreSQL (lock the rows read until the transaction ends);
+    nothing on SQLite, whose ``BEGIN IMMEDIATE`` already holds the write lock."""
+    return " FOR UPDATE" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
 
 
 class Store:
     """Thread-safe access to the server database."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path):
         self.path = Path(path)
