@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 import veil
 from veil.server.audit import AuditLog
 from veil.server.config import ServerConfig, ensure_private_dir
+from veil.server.database import open_server_database
 from veil.server.headers import SecurityHeaders
 from veil.server.jobs import JobManager, Pipeline, Principal
 from veil.server.keys import KeyManager
@@ -75,8 +76,9 @@ def build_state(
     ensure_private_dir(config.data_dir)
     server_secret(config.data_dir)  # created once, 0600
     store = Store(config.db_path)
-    keys = KeyManager(store)
-    audit = AuditLog(store)
+    shared = open_server_database(config) if config.database else store  # keys, usage, audit
+    keys = KeyManager(shared)
+    audit = AuditLog(shared)
     q = queue or ThreadPoolQueue(config.workers, config.queue_size)
     webhooks = WebhookSender(
         allow_private=config.allow_private_webhooks,
@@ -116,6 +118,8 @@ def create_app(
         finally:
             state.jobs.stop()
             state.store.close()
+            if state.keys.store is not state.store:
+                state.keys.store.close()
 
     app = FastAPI(
         title="veil",
