@@ -194,46 +194,41 @@ def test_two_threads_racing_for_the_last_quota_unit_only_one_wins(pg):
     assert granted == ["a"] and mgr.used_today(key.id) == 5
 
 
-def test_many_threads_get_exactly_the_quota(pg):
-    mgr = KeyManager(pg)
-    key = mgr.create("crowd", quota_per_day=5).key
-    start = threading.Barrier(8)
-    results: list[int | None] = []
-    lock = threading.Lock()
-
-    def run() -> None:
-        start.wait(30)
-        left = mgr.reserve(key, 1)
-        with lock:
-            results.append(left)
-
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert sorted(results, reverse=True) == [5, 4, 3, 2, 1, 0, 0, 0]
-    assert mgr.used_today(key.id) == 5
-
-
-def test_nodes_starting_at_once_create_the_schema_once(pg_url):
-    stores: list[PgStore] = []
+def _at_once(fn, n: int) -> list:  # noqa: ANN001
+    """``fn()`` in ``n`` threads released together; their results (an error is raised)."""
+    start = threading.Barrier(n)
+    results: list = []
     errors: list[BaseException] = []
-    start = threading.Barrier(4)
+    lock = threading.Lock()
 
     def run() -> None:
         try:
             start.wait(30)
-            stores.append(PgStore(pg_url, pool_size=1))
-        except BaseException as exc:  # noqa: BLE001
+            value = fn()
+            with lock:
+                results.append(value)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert not errors, errors
+    return results
+
+
+def test_many_threads_get_exactly_the_quota(pg):
+    mgr = KeyManager(pg)
+    key = mgr.create("crowd", quota_per_day=5).key
+    results = _at_once(lambda: mgr.reserve(key, 1), 8)
+    assert sorted(results, reverse=True) == [5, 4, 3, 2, 1, 0, 0, 0]
+    assert mgr.used_today(key.id) == 5
+
+
+def test_nodes_starting_at_once_create_the_schema_once(pg_url):
+    stores = _at_once(lambda: PgStore(pg_url, pool_size=1), 4)
     KeyManager(stores[0]).create("x")
     assert len(KeyManager(stores[-1]).list()) == 1  # one database seen by every node
     for s in stores:
