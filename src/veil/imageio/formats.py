@@ -155,13 +155,14 @@ VIDEO_FORMATS: tuple[VideoFormat, ...] = (
     VideoFormat("mov", "MOV", (".mov",), "video/quicktime"),
     VideoFormat("matroska", "MKV/WEBM", (".mkv", ".webm"), "video/x-matroska", ("video/webm",)),
     VideoFormat("avi", "AVI", (".avi",), "video/x-msvideo", ("video/avi",)),
-    VideoFormat("mpegts", "MPEG-TS", (".ts", ".mts", ".m2ts"), "video/mp2t"),
+    # M2TS (192-byte packets: Blu-ray, AVCHD camcorders) is read as the same family, written as .ts
+    VideoFormat("mpegts", "MPEG-TS/M2TS", (".ts", ".mts", ".m2ts"), "video/mp2t", ("video/vnd.dlna.mpeg-tts",)),
     VideoFormat("flv", "FLV", (".flv",), "video/x-flv"),
 )
 VIDEO_BY_NAME: Mapping[str, VideoFormat] = MappingProxyType({f.name: f for f in VIDEO_FORMATS})
 #: Every suffix of every video family, dots included.
 VIDEO_SUFFIXES: frozenset[str] = frozenset(e for f in VIDEO_FORMATS for e in f.extensions)
-#: ``"MP4, MOV, MKV, AVI, MPEG-TS or FLV"``: how messages name the videos taken.
+#: ``"MP4, MOV, MKV/WEBM, AVI, MPEG-TS/M2TS or FLV"``: how messages name the videos taken.
 VIDEO_LABELS: str = ", ".join(f.label for f in VIDEO_FORMATS[:-1]) + f" or {VIDEO_FORMATS[-1].label}"
 
 

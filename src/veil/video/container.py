@@ -19,7 +19,7 @@ import av.error
 import numpy as np
 
 from veil.errors import VideoError
-from veil.imageio.formats import VIDEO_BY_NAME
+from veil.imageio.formats import VIDEO_BY_NAME, VIDEO_LABELS
 from veil.video.sniff import SNIFF_BYTES, sniff_container
 
 #: Output container per input family: the input's own where it can hold H.264, else MP4.
@@ -27,6 +27,8 @@ _OUTPUT = {"mp4": "mp4", "mov": "mov", "matroska": "matroska", "mpegts": "mpegts
 EXTENSIONS = {n: VIDEO_BY_NAME[n].extension for n in sorted(set(_OUTPUT.values()))}
 CONTENT_TYPES = {n: VIDEO_BY_NAME[n].mime_type for n in EXTENSIONS}
 _ENCODERS = {"h264": "libx264", "hevc": "libx265"}
+#: Sample rates FFmpeg's AAC encoder takes (the MPEG-4 table); others are resampled.
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 #: Audio codecs each output container takes as they are; others are re-encoded to AAC.
 #: Vorbis is never copied: its comment header (vendor, GPS, titles) is part of the codec
 #: data that a copy would carry over.
@@ -63,10 +65,9 @@ class VideoInfo:
     bit_rate: int
     audio: list[str] = field(default_factory=list)  #: codec of each audio stream
     dropped_streams: list[str] = field(default_factory=list)  #: subtitle/data/attachment streams
-    #: ``frames`` comes from an MP4/MOV sample index, which counts every frame exactly (an
-    #: AVI's or MKV's count can include dropped-frame placeholders or be an estimate)
-    frames_exact: bool = False
     metadata: list[str] = field(default_factory=list)  #: container/stream tags found (names only)
+    #: the video's duration the header declares, where it is binding (0: none): the truncation check
+    declared_s: float = 0.0
 
     def set_rotation(self, degrees: float | None) -> None:
         """Record the display rotation (read off the first decoded frame); swaps the size."""
@@ -106,7 +107,7 @@ def open_input(src: str | BinaryIO) -> tuple[av.container.InputContainer, VideoI
     """Open and probe ``src`` (a path or a seekable binary file); :class:`VideoError` if unusable."""
     family = sniff_container(_head(src))
     if family is None:
-        raise VideoError("not a video file veil reads (MP4, MOV, MKV, WEBM, AVI, MPEG-TS or FLV)")
+        raise VideoError(f"not a video file veil reads ({VIDEO_LABELS})")
     try:
         container = av.open(src, "r", metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -130,7 +131,7 @@ def _why(exc: BaseException) -> str:
 def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     if family == "matroska" and "webm" in (container.format.name or "") and _is_webm(container):
         family = "webm"
-    videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+    videos = [s for s in container.streams.video if not _attached_pic(s)]
     if not videos:
         kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
         raise VideoError(f"no video stream in this file (it holds {kinds})")
@@ -143,9 +144,9 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
     if cc.width * cc.height > MAX_FRAME_PIXELS:
         raise VideoError(f"frames of {cc.width}x{cc.height} exceed veil's limit of {MAX_FRAME_PIXELS // 1_000_000} MP per frame")
     rate = v.average_rate or v.guessed_rate or v.base_rate or Fraction(25)
-    duration = float(v.duration * v.time_base) if v.duration and v.time_base else (container.duration or 0) / 1e6
+    declared = _declared_duration(container, v)
+    duration = declared or (container.duration or 0) / 1e6
     frames = int(v.frames or 0)
-    exact = bool(frames) and family in ("mp4", "mov")
     if not frames and duration:
         frames = int(round(duration * float(rate)))
     tags = [k.lower().split("-")[0] for k in container.metadata]
@@ -156,9 +157,57 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
         duration_s=duration, codec=cc.name, bit_rate=int(cc.bit_rate or container.bit_rate or 0),
         audio=[a.codec_context.name if a.codec_context else "unknown" for a in container.streams.audio],
         dropped_streams=[s.type for s in container.streams if s.type not in ("video", "audio")]
-        + [f"video (extra #{s.index})" for s in videos[1:]],
-        metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []), frames_exact=exact,
+        + [f"video (extra #{s.index})" for s in videos[1:]]
+        + ["attached picture" for s in container.streams.video if _attached_pic(s)],
+        metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []),
+        declared_s=declared if family in _DECLARED_DURATION else 0.0,
     )  # fmt: skip
+
+
+def _attached_pic(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first real video stream: cover art (an attached picture) is never the video.
+    The probe, the decoder and the writer all take this one."""
+    return next(s for s in container.streams.video if not _attached_pic(s))
+
+
+def _declared_duration(container: av.container.InputContainer, v: av.video.stream.VideoStream) -> float:
+    """The video stream's own duration from the header, in seconds (0 when not declared):
+    an MP4/MOV track's (after its edit list), else Matroska's per-track ``DURATION`` tag,
+    else the file's when the video is its only timed stream."""
+    if v.duration and v.time_base:
+        return float(v.duration * v.time_base)
+    tag = str(v.metadata.get("DURATION") or v.metadata.get("duration") or "")
+    parts = tag.split(":")
+    if len(parts) == 3:
+        try:
+            return int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
+        except ValueError:
+            pass
+    if not container.streams.audio and container.duration:
+        return container.duration / 1e6
+    return 0.0
+
+
+#: Families whose headers declare a duration that the frames must fill (MPEG-TS and FLV
+#: durations are FFmpeg's estimates from the bit rate or the last packets).
+_DECLARED_DURATION = {"mp4", "mov", "matroska", "webm"}
+
+
+def check_complete(info: VideoInfo, frames: int, first_s: float, last_s: float) -> None:
+    """:class:`VideoError` when the decoded frames (``frames`` of them, the first and last
+    presented at ``first_s`` and ``last_s``) fall short of what the header declares: a
+    truncated file. The presented span is compared with the declared duration, not the
+    count with the index's, so an MP4 trimmed by an edit list (its index counts frames
+    that are never presented) is taken as it plays, and a cut MKV is caught as a cut MP4."""
+    step = 1 / info.fps if info.fps and info.fps > 0 else 0.04
+    span = last_s - first_s + step
+    if info.declared_s and span < info.declared_s * 0.9 - 2 * step:
+        raise VideoError(f"truncated or corrupt video: {frames} frames decoded, {span:.2f} of "
+                         f"{info.declared_s:.2f} seconds the header declares")  # fmt: skip
 
 
 def _is_webm(container: av.container.InputContainer) -> bool:
@@ -184,8 +233,8 @@ def upright(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None = 
 
 
 def iter_frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
-    """Every frame of the first video stream, in presentation order; corrupt data is a VideoError."""
-    stream = container.streams.video[0]
+    """Every frame of the video (:func:`video_stream`), in presentation order; corrupt data is a VideoError."""
+    stream = video_stream(container)
     stream.thread_type = "AUTO"
     try:
         yield from container.decode(stream)
@@ -207,7 +256,10 @@ def default_crf(info: VideoInfo) -> int:
 
 
 class VideoWriter:
-    """Encodes upright RGB frames with given timestamps and copies audio packets."""
+    """Encodes upright RGB frames with given timestamps and copies audio packets.
+
+    A failure while setting up closes what was opened and is a :class:`VideoError`; the
+    caller discards the output (``atomic_file`` removes the temporary file)."""
 
     def __init__(self, dst: str | BinaryIO, source: av.container.InputContainer, info: VideoInfo, *,
                  codec: str | None, crf: int | None, audio: str, keep: tuple[str, ...]):  # fmt: skip
@@ -220,15 +272,35 @@ class VideoWriter:
         except Exception:
             raise VideoError(f"the {codec or 'h264'} encoder is not available in this PyAV build") from None
         self.out = av.open(dst, "w", format=self.format)
+        try:
+            self._add_streams(source, info, name, crf, audio, keep)
+        except Exception as exc:
+            self.abort()
+            if isinstance(exc, VideoError):
+                raise
+            raise VideoError(f"cannot set up the {self.format} output ({type(exc).__name__}: {exc})") from None
+        self._last_pts: int | None = None
+        self._offset = 0  # added to the input's timestamps after a jump back (see write)
+        # one frame's duration in the time base (the header's rate, within sane bounds)
+        self._step = max(1, round(1 / (min(max(info.fps or 25.0, 1.0), 240.0) * float(self.time_base))))
+        self.frames = 0
+
+    def _add_streams(self, source: av.container.InputContainer, info: VideoInfo, name: str, crf: int | None,
+                     audio: str, keep: tuple[str, ...]) -> None:  # fmt: skip
         self.out.flags |= av.container.Flags.bitexact.value  # no muxer/encoder version tags
-        src_v = source.streams.video[0]
+        src_v = video_stream(source)
         self.time_base = src_v.time_base or Fraction(1, 90000)
         v = self.out.add_stream(name, rate=Fraction(info.fps).limit_denominator(100000) if info.fps else 25)
         v.width, v.height = info.width, info.height
         odd = info.width % 2 or info.height % 2
-        v.pix_fmt = "yuv444p" if odd else "yuv420p"  # 4:2:0 needs even sizes; keep the pixel size
+        # 4:2:0 cannot hold an odd size: H.264 and HEVC crop in whole chroma samples (2 px);
+        # the pixel size is kept and the chroma stored at full resolution instead
+        v.pix_fmt = "yuv444p" if odd else "yuv420p"
         if odd:
-            self.notes.append("odd picture size: written as 4:4:4 (some players need even sizes)")
+            self.notes.append(f"odd picture size {info.width}x{info.height}: written as 4:4:4, which 4:2:0-only "
+                              "players (most hardware decoders, browsers) refuse")  # fmt: skip
+        if name == "libx265" and self.format in ("mp4", "mov"):
+            v.codec_tag = "hvc1"  # parameter sets in the sample entry: what Apple's players need
         v.time_base = self.time_base
         v.codec_context.time_base = self.time_base
         v.options = {"crf": str(default_crf(info) if crf is None else crf), "preset": "veryfast"}
@@ -236,7 +308,7 @@ class VideoWriter:
             v.options["x265-params"] = "log-level=error"
         self.video = v
         self.audio_map: dict[int, Any] = {}
-        self.audio_encoders: dict[int, Any] = {}
+        self.audio_encoders: dict[int, tuple[Any, av.AudioResampler]] = {}
         if audio == "keep":
             for a in source.streams.audio:
                 if a.codec_context is None:
@@ -244,21 +316,44 @@ class VideoWriter:
                 elif a.codec_context.name in _AUDIO_COPY.get(self.format, set()):
                     self.audio_map[a.index] = self.out.add_stream_from_template(a)
                 else:
-                    self.audio_encoders[a.index] = self.out.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
-                    self.notes.append(f"audio {a.codec_context.name} re-encoded to AAC ({self.format} cannot hold it)")
+                    self.audio_encoders[a.index] = self._aac(a.codec_context)
             for s in self.audio_map.values():
                 s.metadata.clear()
         for tag in _keep_tags(source, keep):
             self.out.metadata[tag[0]] = tag[1]
-        self._last_pts: int | None = None
-        self.frames = 0
+
+    def _aac(self, cc: Any) -> tuple[Any, av.AudioResampler]:
+        """An AAC encoder for an audio stream that cannot be copied, and the resampler that
+        feeds it (AAC takes a fixed set of rates; the timestamps, and so the audio's start
+        offset, carry over through it)."""
+        rate = cc.sample_rate or 48000
+        higher = [r for r in _AAC_RATES if r >= rate]
+        out_rate = min(higher) if higher else max(_AAC_RATES)
+        layout = {1: "mono", 6: "5.1"}.get(cc.channels, "stereo")
+        enc = self.out.add_stream("aac", rate=out_rate)
+        enc.layout = layout
+        why = "its header carries tags" if cc.name == "vorbis" else f"{self.format} cannot hold it"
+        how = f", resampled from {rate} to {out_rate} Hz" if out_rate != rate else ""
+        self.notes.append(f"audio {cc.name} re-encoded to AAC ({why}){how}")
+        return enc, av.AudioResampler(format="fltp", layout=layout, rate=out_rate)
 
     def write(self, rgb: np.ndarray, pts: int | None) -> None:
+        """Encode one frame at the input's ``pts``. The muxer needs strictly increasing
+        timestamps: where the input's jump back (concatenated segments, a reset clock) the
+        rest follows on one frame after the last, at its own spacing (one offset, not a
+        growing shift); a repeated or swapped neighbour gets one tick more; none: one frame on."""
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        last = self._last_pts
         if pts is None:
-            pts = self.frames if self._last_pts is None else self._last_pts + 1
-        if self._last_pts is not None and pts <= self._last_pts:
-            pts = self._last_pts + 1  # the encoder needs strictly increasing timestamps
+            pts = 0 if last is None else last + self._step
+        else:
+            pts += self._offset
+        if last is not None and pts <= last:
+            if last - pts > self._step:
+                self._offset += last + self._step - pts
+                pts = last + self._step
+            else:
+                pts = last + 1
         frame.pts, frame.time_base = pts, self.time_base
         self._last_pts = pts
         self._mux(self.video.encode(frame))
@@ -273,10 +368,10 @@ class VideoWriter:
             packet.stream = self.audio_map[idx]
             self.out.mux(packet)
         elif idx in self.audio_encoders:
-            enc = self.audio_encoders[idx]
+            enc, resampler = self.audio_encoders[idx]
             for fr in packet.decode():
-                fr.pts = None
-                self._mux(enc.encode(fr))
+                for out in resampler.resample(fr):
+                    self._mux(enc.encode(out))
 
     def _mux(self, packets) -> None:
         for p in packets:
@@ -284,7 +379,9 @@ class VideoWriter:
 
     def close(self) -> None:
         self._mux(self.video.encode(None))
-        for enc in self.audio_encoders.values():
+        for enc, resampler in self.audio_encoders.values():
+            for out in resampler.resample(None):
+                self._mux(enc.encode(out))
             self._mux(enc.encode(None))
         self.out.close()
 

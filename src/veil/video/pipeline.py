@@ -27,9 +27,11 @@ from veil.video.container import (
     MAX_FRAME_PIXELS,
     VideoInfo,
     VideoWriter,
+    check_complete,
     iter_frames,
     open_input,
     upright,
+    video_stream,
 )
 from veil.video.cuts import CutDetector
 from veil.video.tracks import TrackPlan, plan
@@ -178,8 +180,7 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
         container.close()
     if not frames:
         raise VideoError("the video has no frames that can be decoded")
-    if info.frames_exact and len(frames) < info.frames * 0.9 - 1:
-        raise VideoError(f"truncated or corrupt video: {len(frames)} of {info.frames} frames could be decoded")
+    check_complete(info, len(frames), times[0], times[-1])
     return info, frames, shots, times
 
 
@@ -235,8 +236,12 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
     """Pass 2: decode again, mask each frame with its planned regions, encode, copy audio."""
     container, info = open_input(_rewind(src))
     info.set_rotation(rep.info.rotation)
-    writer = VideoWriter(dst, container, rep.info, codec=options.video_codec, crf=options.video_quality,
-                         audio=options.audio, keep=options.keep_metadata)  # fmt: skip
+    try:
+        writer = VideoWriter(dst, container, rep.info, codec=options.video_codec, crf=options.video_quality,
+                             audio=options.audio, keep=options.keep_metadata)  # fmt: skip
+    except BaseException:  # the writer closed its output; the input is closed here
+        container.close()
+        raise
     rep.notes += writer.notes
     rep.audio = ("copied" if writer.audio_map else "re-encoded" if writer.audio_encoders else "none") if info.audio else "none"
     if info.audio and options.audio == "drop":
@@ -248,8 +253,9 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
     stored = (h, w) if rep.info.rotation in (90, 270) else (w, h)
     ok = False
     try:
-        streams = [container.streams.video[0], *(container.streams.audio if options.audio == "keep" else ())]
-        container.streams.video[0].thread_type = "AUTO"
+        video = video_stream(container)  # never an attached picture (cover art)
+        video.thread_type = "AUTO"
+        streams = [video, *(container.streams.audio if options.audio == "keep" else ())]
         for packet in container.demux(*streams):
             if packet.stream.type == "audio":
                 writer.copy_audio(packet)

@@ -1,7 +1,8 @@
 """Is this upload a video? Decided from its first bytes, never from a name or a declared type.
 
 Only the container families veil hands to FFmpeg are recognised: ISO base media (MP4, MOV,
-M4V, 3GP) with a video brand, Matroska/WebM, AVI, MPEG transport streams and FLV. An ISO
+M4V, 3GP) with a video brand, Matroska/WebM, AVI, MPEG transport streams (188-byte
+packets, and M2TS's 192-byte ones from Blu-ray discs and AVCHD camcorders) and FLV. An ISO
 file with an image brand (HEIC, AVIF) is a photo, and the photo reader takes it.
 """
 
@@ -31,6 +32,8 @@ def sniff_container(head: bytes) -> str | None:
         return "flv"
     if len(head) >= 377 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
         return "mpegts"
+    if len(head) >= 389 and head[4] == 0x47 and head[196] == 0x47 and head[388] == 0x47:
+        return "mpegts"  # M2TS (Blu-ray, AVCHD): 192-byte packets, a 4-byte timestamp before each
     return None
 
 
