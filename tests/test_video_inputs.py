@@ -284,3 +284,27 @@ def test_concatenated_ts_segments_continue_at_their_own_rate(tmp_path, engine):
     assert steps == [Fraction(1, 12)] * 11, steps
     # frames before the jump keep their timestamps (the TS muxer may shift all streams alike)
     assert [t - got[0] for t in got[:6]] == [t - times[0] for t in times[:6]]
+
+
+# -- 10: a hostile frame rate does not stretch or cut the tracks ------------------------------------
+def test_a_hostile_frame_rate_in_the_header_keeps_tracks_bounded():
+    """A face seen for 10 frames, then nowhere for 2000 frames (detection ran, nothing
+    found), then again at the same place. At a header's 1000000 fps, unbounded, ByteTrack
+    would keep the lost track for billions of frames and fill the whole gap with a box
+    over nothing; bounded, it is two tracks as at 25 fps. At 1/1000 fps a one-frame miss
+    still does not split a track."""
+    from veil.detection.types import Detection
+    from veil.video.tracks import plan
+
+    def face() -> list[Detection]:
+        return [Detection("face", 0.9, (40.0, 40.0, 80.0, 90.0), source="test")]
+
+    frames = [face() for _ in range(10)] + [[] for _ in range(2000)] + [face() for _ in range(10)]
+    shots = [0] * len(frames)
+    for fps in (25.0, 1_000_000.0):
+        tp = plan(frames, shots, fps)
+        assert tp.tracks == {"face": 2}, fps
+        assert not any(tp.frames[500:1500]), fps  # the gap is not filled
+    blink = [face() for _ in range(5)] + [[]] + [face() for _ in range(5)]
+    slow = plan(blink, [0] * len(blink), 0.001)
+    assert slow.tracks == {"face": 1} and all(slow.frames)

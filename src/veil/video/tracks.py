@@ -17,6 +17,7 @@ first and masks in a second pass), so the gaps are filled in both directions:
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -89,6 +90,9 @@ def _near(a: np.ndarray, b: np.ndarray, frames_apart: int) -> bool:
 
 def link(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps: float) -> list[Track]:
     """Tracks from the detections of every frame (``None``: detection did not run there)."""
+    # a header's rate may be anything (1000000/1, 1/1000): bounded, and ByteTrack keeps a lost
+    # track frame_rate / 30 * buffer frames, so the buffer gives it at least 5 at any rate
+    fps = min(max(fps, 1.0), 240.0)
     tracks: list[Track] = []
     for group in ("face", "person", "plate"):
         tracker: ByteTrack | None = None
@@ -99,7 +103,7 @@ def link(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
                 shot_now, live = shots[i], {}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
-                    tracker = ByteTrack(track_activation_threshold=0.0, lost_track_buffer=max(5, int(fps)),
+                    tracker = ByteTrack(track_activation_threshold=0.0, lost_track_buffer=max(5, int(fps), math.ceil(150 / fps)),
                                         minimum_matching_threshold=0.8, frame_rate=max(1, int(round(fps))),
                                         minimum_consecutive_frames=1)  # fmt: skip
             if dets is None:
