@@ -89,6 +89,27 @@ def test_transaction_rolls_back_on_error(pg):
     assert KeyManager(pg).get(key.id).name == "t"
 
 
+def _drop_connections(pg_server: PgServer, db: PgStore) -> int:
+    """What a database restart does to a node's pooled connections."""
+    import psycopg
+
+    with psycopg.connect(pg_server.url("postgres"), autocommit=True) as admin:
+        return admin.execute(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+            (db.where.rsplit("/", 1)[1],),
+        ).fetchone()[0]
+
+
+def test_connections_dropped_by_the_server_are_replaced(pg, pg_server):
+    mgr = KeyManager(pg)
+    key = mgr.create("k", quota_per_day=3).key
+    assert _drop_connections(pg_server, pg) >= 1
+    assert [k.id for k in mgr.list()] == [key.id]  # a plain call on a new connection
+    assert _drop_connections(pg_server, pg) >= 1
+    assert mgr.reserve(key, 1) == 3  # a transaction on a new connection
+    assert mgr.used_today(key.id) == 1
+
+
 def test_open_database_picks_the_backend(tmp_path, pg_url):
     assert isinstance(open_database(tmp_path / "x.sqlite3"), Store)
     for url in (pg_url, pg_url.replace("postgresql://", "postgres://", 1)):

@@ -16,9 +16,9 @@ import functools
 import queue
 import re
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from veil.errors import VeilError
 from veil.server.store import SHARED_SCHEMA, Database, Store
@@ -153,6 +153,13 @@ def _errors(where: str) -> Iterator[None]:
         raise DatabaseError(f"the database at {where} failed: {_first_line(exc)}") from None
 
 
+def _begin(conn: Any, where: str) -> Any:
+    with _errors(where):
+        tx = conn.transaction()
+        tx.__enter__()
+    return tx
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -216,22 +223,26 @@ class PgStore:
             raise DatabaseError(f"cannot connect to the database at {self.where}: {reason}") from None
 
     @contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _connection(self, *, fresh: bool = False) -> Iterator[tuple[Any, bool]]:
+        """A connection and whether it was reused from the pool (not ``fresh``)."""
         if self._closed:
             raise DatabaseError(f"the database connection to {self.where} is closed")
         if not self._slots.acquire(timeout=self._acquire_timeout):
             raise DatabaseError(f"no free connection to {self.where} within {self._acquire_timeout:.0f} s")
-        conn = None
+        conn, reused = None, False
         try:
-            while conn is None:
+            while conn is None and not fresh:
                 try:
                     conn = self._idle.get_nowait()
                 except queue.Empty:
-                    conn = self._connect()
                     break
                 if conn.closed or conn.broken:
+                    conn.close()
                     conn = None
-            yield conn
+                reused = conn is not None
+            if conn is None:
+                conn = self._connect()
+            yield conn, reused
         finally:
             if conn is not None:
                 if conn.closed or conn.broken or self._closed:
@@ -240,14 +251,34 @@ class PgStore:
                     self._idle.put(conn)
             self._slots.release()
 
+    def _plain(self, fn: Callable[[PgConnection], Any]) -> Any:
+        """``fn`` on a pooled connection in autocommit. One the server dropped while it
+        sat idle (a restart, an idle timeout) fails at its first statement: then ``fn``
+        runs once more on a new connection."""
+        with self._connection() as (conn, reused):
+            try:
+                return fn(PgConnection(conn, self.where))
+            except DatabaseError:
+                if not (reused and conn.broken):
+                    raise
+        with self._connection(fresh=True) as (conn, _):
+            return fn(PgConnection(conn, self.where))
+
     # -- the Store interface -----------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[PgConnection]:
-        """``BEGIN`` … ``COMMIT`` (``ROLLBACK`` on an exception) on one pooled connection."""
-        with self._connection() as conn:
-            with _errors(self.where):
-                tx = conn.transaction()
-                tx.__enter__()
+        """``BEGIN`` … ``COMMIT`` (``ROLLBACK`` on an exception) on one pooled connection
+        (a new one when ``BEGIN`` finds the pooled one dropped by the server)."""
+        with ExitStack() as stack:
+            conn, reused = stack.enter_context(self._connection())
+            try:
+                tx = _begin(conn, self.where)
+            except DatabaseError:
+                if not (reused and conn.broken):
+                    raise
+                stack.close()
+                conn, _ = stack.enter_context(self._connection(fresh=True))
+                tx = _begin(conn, self.where)
             try:
                 yield PgConnection(conn, self.where)
             except BaseException as exc:
@@ -261,17 +292,17 @@ class PgStore:
                     tx.__exit__(None, None, None)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
-        with self._connection() as conn:
-            return PgConnection(conn, self.where).execute(sql, params).rowcount
+        return self._plain(lambda c: c.execute(sql, params).rowcount)
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
-        with self._connection() as conn:
-            return [dict(r) for r in PgConnection(conn, self.where).execute(sql, params).fetchall()]
+        return self._plain(lambda c: [dict(r) for r in c.execute(sql, params).fetchall()])
 
     def one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> dict[str, Any] | None:
-        with self._connection() as conn:
-            row = PgConnection(conn, self.where).execute(sql, params).fetchone()
+        def first(c: PgConnection) -> dict[str, Any] | None:
+            row = c.execute(sql, params).fetchone()
             return dict(row) if row is not None else None
+
+        return self._plain(first)
 
     def close(self) -> None:
         self._closed = True
