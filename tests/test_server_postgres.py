@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import tempfile
@@ -240,12 +241,14 @@ def _at_once(fn, n: int) -> list:  # noqa: ANN001
     return results
 
 
-def test_many_threads_get_exactly_the_quota(pg):
-    mgr = KeyManager(pg)
-    key = mgr.create("crowd", quota_per_day=5).key
-    results = _at_once(lambda: mgr.reserve(key, 1), 8)
+def test_many_threads_on_two_nodes_get_exactly_the_quota(pg, pg_url):
+    other_node = open_database(pg_url)
+    nodes = itertools.cycle([KeyManager(pg), KeyManager(other_node)])
+    key = next(nodes).create("crowd", quota_per_day=5).key  # no usage row yet: the first ones race to create it
+    results = _at_once(lambda: next(nodes).reserve(key, 1), 8)
     assert sorted(results, reverse=True) == [5, 4, 3, 2, 1, 0, 0, 0]
-    assert mgr.used_today(key.id) == 5
+    assert next(nodes).used_today(key.id) == 5
+    other_node.close()
 
 
 def test_nodes_starting_at_once_create_the_schema_once(pg_url):
@@ -269,12 +272,17 @@ def test_cli_keys_on_the_shared_database_and_a_server_accepts_them(pg_url, tmp_p
     """``veil keys create --database URL`` on one machine; a server started with that
     ``--database`` (its own, empty data dir: another node) accepts the key, audits on
     the shared database, and ``veil keys revoke`` there shuts it out at once."""
-    r = _cli("keys", "create", "--name", "node-test", "--json", "--database", pg_url, "--data-dir", str(tmp_path / "a"))
+    r = _cli("keys", "create", "--name", "node-test", "--quota-per-day", "1", "--json", "--database", pg_url,
+             "--data-dir", str(tmp_path / "a"))
     assert r.exit_code == 0, r.output
     created = json.loads(r.stdout)
-    r = _cli("keys", "list", "--json", "--data-dir", str(tmp_path / "b"), env={"VEIL_DATABASE_URL": pg_url})
-    assert r.exit_code == 0, r.output
-    assert [k["id"] for k in json.loads(r.stdout)] == [created["id"]]
+
+    def listed() -> list[dict]:
+        r = _cli("keys", "list", "--json", "--data-dir", str(tmp_path / "b"), env={"VEIL_DATABASE_URL": pg_url})
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    assert [(k["id"], k["used_today"]) for k in listed()] == [(created["id"], 0)]
 
     srv = start_server(ServerConfig(data_dir=Path(tempfile.mkdtemp()), require_keys=True, workers=1, database=pg_url))
     try:
@@ -284,6 +292,10 @@ def test_cli_keys_on_the_shared_database_and_a_server_accepts_them(pg_url, tmp_p
             assert c.get("/api/v1/models").status_code == 200
             r = c.post("/api/v1/anonymize", files={"file": ("p.jpg", small_photo())}, data={"options": json.dumps(FAST)})
             assert r.status_code == 200, r.text
+            # the quota (1 image a day) is counted on the shared database: spent for every node
+            assert [k["used_today"] for k in listed()] == [1]
+            r = c.post("/api/v1/anonymize", files={"file": ("p.jpg", small_photo())}, data={"options": json.dumps(FAST)})
+            assert_problem(r, 429)
         r = _cli("audit", "--json", "--key", created["id"], "--database", pg_url, "--data-dir", str(tmp_path / "c"))
         assert r.exit_code == 0, r.output
         entries = [json.loads(line) for line in r.stdout.splitlines()]
