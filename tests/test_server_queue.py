@@ -19,7 +19,7 @@ from test_server_support import (
 )
 
 from veil.server.config import ServerConfig
-from veil.server.queue import JobQueue, QueueFull, ThreadPoolQueue
+from veil.server.queue import QueueFull, Task, TaskQueue, ThreadTaskQueue
 from veil.server.uploads import safe_stem, sniff_format
 
 _submit = submit  # small real photos, fast preset
@@ -33,7 +33,7 @@ def test_queue_full_gives_503_with_retry_after_and_recovers(tmp_path, photos):
             waiting = _submit(c)
             assert waiting.status_code == 202, waiting.text
             waiting = waiting.json()["id"]
-            assert srv.state.queue.stats() == {"pending": 1, "running": 1, "workers": 1, "capacity": 1}
+            assert srv.state.queue.stats() == {"pending": 1, "pending_tasks": 30, "running": 1, "workers": 1, "capacity": 1}
             r = _submit(c)
             assert_problem(r, 503)
             assert int(r.headers["retry-after"]) >= 1
@@ -120,7 +120,8 @@ def test_delete_while_queued_cancels(tmp_path, photos):
             assert c.delete(f"/api/v1/jobs/{second}").status_code == 204
             assert_problem(c.get(f"/api/v1/jobs/{second}"), 404)
             # out of the queue at once, while the worker is still busy
-            assert srv.state.queue.stats() == {"pending": 1, "running": 1, "workers": 1, "capacity": 4}
+            assert srv.state.queue.stats() == {"pending": 1, "pending_tasks": 29 + 1, "running": 1, "workers": 1,
+                                                  "capacity": 4}
             assert c.get(f"/api/v1/jobs/{blocker}").json()["status"] == "processing"
             assert c.delete(f"/api/v1/jobs/{blocker}").status_code == 204
             assert wait_job(c, first)["status"] == "done"
@@ -156,21 +157,29 @@ def test_archive_not_ready_while_queued(tmp_path, photos):
         srv.stop()
 
 
-def test_thread_pool_queue_contract():
-    q = ThreadPoolQueue(workers=1, maxsize=2)
-    assert isinstance(q, JobQueue)
-    ran: list[str] = []
-    q.submit("a")
-    q.submit("b")
+def test_thread_task_queue_contract():
+    """maxsize counts waiting jobs (a job's tasks go in together or not at all); cancel
+    drops a job's waiting tasks; tasks survive their JSON round trip."""
+    q = ThreadTaskQueue(workers=1, maxsize=2)
+    assert isinstance(q, TaskQueue)
+    ran: list[Task] = []
+    q.submit([Task("a", 0), Task("a", 1)])
+    q.submit([Task("b", 0)])
     with pytest.raises(QueueFull):
-        q.submit("c")
-    assert q.cancel("a") is True
+        q.submit([Task("c", 0)])
+    assert q.stats()["pending"] == 2 and q.stats()["pending_tasks"] == 3
+    assert q.cancel("a") == 2
+    q.submit([Task("c", 0, "video")])  # room again: one job waits
     q.start(ran.append)
     deadline = time.monotonic() + 5
-    while ran != ["b"]:
+    while len(ran) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     q.stop()
+    assert ran == [Task("b", 0), Task("c", 0, "video")]
+    assert Task.from_json(Task("j_x", 3, "video").to_json()) == Task("j_x", 3, "video")
+    with pytest.raises(ValueError):
+        Task.from_json('{"job_id": 1, "idx": "0"}')
 
 
 def test_safe_names_and_sniffing():

@@ -24,9 +24,10 @@ _register()
 
 
 def _register_server() -> None:
-    from veil.cli import audit, keys, serve, submit
+    from veil.cli import audit, keys, serve, submit, worker
 
     app.command("serve")(serve.serve)
+    app.command("worker")(worker.worker)
     app.add_typer(keys.app, name="keys", help="Create, list and revoke API keys of 'veil serve'.")
     app.command("audit")(audit.audit)
     app.command("submit")(submit.submit)

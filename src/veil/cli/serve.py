@@ -38,6 +38,10 @@ def serve(
                                            help="postgresql://user:password@host:port/db for API keys, quotas and "
                                                 "the audit log, shared by several API nodes (default: the SQLite "
                                                 "file in the data dir). Never job records or images."),
+    redis: Optional[str] = typer.Option(None, "--redis", envvar="VEIL_REDIS_URL", show_envvar=True,
+                                        help="Distributed mode: job records, uploads and results in this Redis "
+                                             "(redis://[:PASSWORD@]HOST:PORT/DB or rediss://), tasks run by "
+                                             "'veil worker' processes. Photos only."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve the API at http://HOST:PORT/api/v1 (OpenAPI docs at /docs)."""
@@ -45,6 +49,7 @@ def serve(
 
     from veil.server.app import create_app
     from veil.server.config import ServerConfig
+    from veil.server.redis_store import describe
 
     config = ServerConfig.from_env(
         host=host,
@@ -61,12 +66,18 @@ def serve(
         max_request_pixels=max_request_pixels,
         max_video_bytes=max_video_mb * 1024 * 1024 if max_video_mb else None,
         database=database or None,
+        redis_url=redis or None,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.redis_url:
+        from veil.server.redis_store import check_reachable
+
+        check_reachable(config.redis_url)
     app = create_app(config)
     state = app.state.veil
     mode = "API key required" if state.auth_required() else "open local mode (no key needed)"
-    err_console.print(f"veil serving on {config.base_url}  ·  {mode}  ·  data in {config.data_dir}", highlight=False)
+    where = f"jobs in Redis {describe(config.redis_url)}" if config.redis_url else f"data in {config.data_dir}"
+    err_console.print(f"veil serving on {config.base_url}  ·  {mode}  ·  {where}", highlight=False)
     if not config.loopback and not state.keys.has_active_keys():
         err_console.print("[yellow]no API key exists yet: create one with 'veil keys create'[/]")
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level.lower(), server_header=False)

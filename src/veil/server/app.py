@@ -5,6 +5,7 @@ worker pool, webhook sender and expiry sweeper (started and stopped with the app
 from __future__ import annotations
 
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,12 @@ from veil.server.headers import SecurityHeaders
 from veil.server.jobs import JobManager, Pipeline, Principal
 from veil.server.keys import KeyManager
 from veil.server.problems import Problem, install
-from veil.server.queue import JobQueue, ThreadPoolQueue
+from veil.server.blobs import BlobStore, MemoryBlobStore
+from veil.server.queue import TaskQueue, ThreadTaskQueue
+from veil.server.repository import JobRepository, SqliteJobRepository
 from veil.server.spool import SpoolDir
 from veil.server.store import Store
+from veil.server.tokens import DownloadTokens
 from veil.server.webhooks import WebhookSender, server_secret
 
 log = logging.getLogger("veil.server")
@@ -55,10 +59,12 @@ class ServerState:
     store: Store
     keys: KeyManager
     audit: AuditLog
-    queue: JobQueue
+    queue: TaskQueue
     webhooks: WebhookSender
     jobs: JobManager
     pipeline: Pipeline
+    repo: JobRepository
+    blobs: BlobStore
 
     def auth_required(self) -> bool:
         """Keys needed unless bound to loopback with no active key (open local mode)."""
@@ -71,15 +77,31 @@ def build_state(
     config: ServerConfig,
     *,
     pipeline: Callable[..., Any] | None = None,
-    queue: JobQueue | None = None,
+    queue: TaskQueue | None = None,
 ) -> ServerState:
+    """Embedded mode (SQLite records, blobs in memory, a thread pool), or the distributed
+    mode when ``config.redis_url`` is set (records, blobs and tasks in Redis, RQ workers)."""
     ensure_private_dir(config.data_dir)
     server_secret(config.data_dir)  # created once, 0600
     store = Store(config.db_path)
     shared = open_server_database(config) if config.database else store  # keys, usage, audit
     keys = KeyManager(shared)
     audit = AuditLog(shared)
-    q = queue or ThreadPoolQueue(config.workers, config.queue_size)
+    spool = None  # videos need the embedded mode (their spool files are local)
+    notify = dist = None
+    if config.redis_url:
+        from veil.server.distributed import distributed_parts
+
+        dist = distributed_parts(config)
+        repo, blobs, q, notify = dist.repo, dist.blobs, dist.queue, dist.notify
+    else:
+        # each process marks its jobs; a job is forgotten only once its process is gone
+        repo = SqliteJobRepository(store, node="n_" + secrets.token_hex(6),
+                                   stale_after=max(30.0, 3 * config.effective_sweep_interval))  # fmt: skip
+        blobs = MemoryBlobStore()
+        q = queue or ThreadTaskQueue(config.workers, config.queue_size)
+        # video uploads and results; leftovers of an earlier process (unreadable) go now
+        spool = SpoolDir(config.data_dir / "spool")
     webhooks = WebhookSender(
         allow_private=config.allow_private_webhooks,
         allow_local=config.loopback,
@@ -89,23 +111,25 @@ def build_state(
         concurrency=config.webhook_concurrency,
     )
     pipe = Pipeline(config, pipeline)
-    # video uploads and results; leftovers of an earlier process (unreadable) go now
-    spool = SpoolDir(config.data_dir / "spool")
-    jobs = JobManager(config, store, keys, audit, q, webhooks, pipe, spool=spool)
+    jobs = JobManager(config, repo, blobs, keys, audit, q, webhooks, pipe, spool=spool, notify=notify,
+                      runs_tasks=not config.redis_url)  # fmt: skip
     webhooks.on_result = jobs.webhook_result
-    return ServerState(config, store, keys, audit, q, webhooks, jobs, pipe)
+    if dist is not None:  # every node of one Redis signs and verifies alike
+        jobs.anonymous_secret = dist.secret("webhook")
+        jobs.tokens = DownloadTokens(dist.secret("links").encode())
+    return ServerState(config, store, keys, audit, q, webhooks, jobs, pipe, repo, blobs)
 
 
 def create_app(
     config: ServerConfig | None = None,
     *,
     pipeline: Callable[..., Any] | None = None,
-    queue: JobQueue | None = None,
+    queue: TaskQueue | None = None,
 ) -> FastAPI:
     """The veil API (and the web page, when ``veil/web/static`` exists).
 
     ``pipeline`` replaces ``veil.pipeline.core.anonymize_bytes`` and ``queue`` the
-    in-process :class:`ThreadPoolQueue` (e.g. for a distributed backend).
+    in-process :class:`ThreadTaskQueue` (e.g. for a distributed backend).
     """
     config = config or ServerConfig.from_env()
     state = build_state(config, pipeline=pipeline, queue=queue)

@@ -127,6 +127,9 @@ class ServerConfig:
     serve_web: bool = True
     #: Quota for keys created without one (images per UTC day; 0 = unlimited).
     default_quota_per_day: int = 0
+    #: Distributed mode: job records, uploads and results in this Redis
+    #: (``redis://[:password@]host:port/db`` or ``rediss://``), tasks on its RQ queues.
+    redis_url: str | None = None
     #: Where API keys, usage counters and the audit log live: a ``postgresql://`` URL
     #: (shared by several API nodes) or ``None`` = the SQLite file in ``data_dir``
     #: (``db_path``). Job records and images never go there. Not in ``repr`` (password).
@@ -198,6 +201,8 @@ class ServerConfig:
             kwargs["limits"] = dataclasses.replace(base, **limit_kwargs)
         if not kwargs.get("database"):  # VEIL_SERVER_DATABASE, --database, else VEIL_DATABASE_URL
             kwargs["database"] = env.get("VEIL_DATABASE_URL") or None
+        if not kwargs.get("redis_url"):  # VEIL_SERVER_REDIS_URL, --redis, else VEIL_REDIS_URL
+            kwargs["redis_url"] = env.get("VEIL_REDIS_URL") or None
         return cls(**kwargs)
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.errors import ImageError, ModelError, OptionsError, VeilError
+from veil.server.errors import ServiceError
 
 log = logging.getLogger("veil.server")
 
@@ -90,8 +91,55 @@ def image_problem(exc: ImageError, field: str | None = None) -> Problem:
     return Problem(int(status), msg, slug=slug, errors=[field_error(field, msg)] if field else None)
 
 
+#: each domain error of the job service: (status, slug); the one place they become HTTP
+_SERVICE_STATUS: dict[str, tuple[int, str]] = {
+    "NotFound": (404, "not-found"),
+    "NotReady": (409, "not-ready"),
+    "ImageFailed": (409, "image-failed"),
+    "NoImages": (409, "no-images"),
+    "TooManyJobs": (429, "too-many-jobs"),
+    "QuotaExceeded": (429, "quota-exceeded"),
+    "Busy": (503, "server-busy"),
+    "Unavailable": (503, "unavailable"),
+    "Unsupported": (415, "unsupported-media-type"),
+}
+
+
+def service_problem(exc: ServiceError) -> Problem:
+    """The problem document of a job-service error (status and slug from its class)."""
+    status, slug = _SERVICE_STATUS.get(type(exc).__name__, (400, "about:blank"))
+    slug = getattr(exc, "slug", None) or slug
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return Problem(status, exc.message, slug=slug, headers=headers)
+
+
+def backend_down_problem() -> Problem:
+    """Redis (the distributed mode's store and queue) cannot be reached: retry later."""
+    return Problem(503, "the job store is unreachable right now; retry later", slug="unavailable",
+                   headers={"Retry-After": "5"})
+
+
 def install(app: FastAPI) -> None:
     """Register handlers so nothing leaves the API as anything but problem+json."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError):  # noqa: ANN202
+        return service_problem(exc).response()
+
+    try:  # the distributed mode's backend; its outage is a 503, never a 500 or a hang
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # the embedded mode needs no redis package
+        pass
+    else:
+
+        @app.exception_handler(RedisConnectionError)
+        async def _redis_down(_: Request, exc: Exception):  # noqa: ANN202
+            return backend_down_problem().response()
+
+        @app.exception_handler(RedisTimeoutError)
+        async def _redis_slow(_: Request, exc: Exception):  # noqa: ANN202
+            return backend_down_problem().response()
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem):  # noqa: ANN202

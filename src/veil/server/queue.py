@@ -1,21 +1,46 @@
-"""The job queue behind a small interface, so a distributed backend can replace the
-in-process thread pool without touching the routes.
+"""The task queue: one task per image or video, JSON on the wire, never bytes.
 
-A backend is given a *handler* (``handler(job_id)`` processes one job end to end) and
-receives job ids through :meth:`JobQueue.submit`. The in-process
-:class:`ThreadPoolQueue` runs handlers in worker threads (onnxruntime releases the GIL
-during inference) and holds at most ``maxsize`` waiting jobs.
+A backend is given a *handler* (``handler(task)`` runs one task, see
+:func:`veil.server.runner.run_task`) and receives the tasks of a job through
+:meth:`TaskQueue.submit`. The embedded :class:`ThreadTaskQueue` runs handlers in worker
+threads (onnxruntime releases the GIL during inference) and holds at most ``maxsize``
+waiting *jobs*; the distributed one (:class:`veil.server.rq_queue.RqTaskQueue`) puts
+tasks on RQ queues that ``veil worker`` processes serve.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
-from typing import Callable, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 log = logging.getLogger("veil.server.queue")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image (or video) of one job; everything else is in the job repository."""
+
+    job_id: str
+    idx: int
+    kind: str = "image"  # or "video"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> "Task":
+        d = raw if isinstance(raw, dict) else json.loads(raw)
+        if not isinstance(d, dict) or not isinstance(d.get("job_id"), str) or not isinstance(d.get("idx"), int):
+            raise ValueError("not a veil task")
+        kind = d.get("kind", "image")
+        if kind not in ("image", "video"):
+            raise ValueError("not a veil task")
+        return cls(d["job_id"], d["idx"], kind)
 
 
 class QueueFull(Exception):
@@ -27,42 +52,46 @@ class QueueFull(Exception):
 
 
 @runtime_checkable
-class JobQueue(Protocol):
-    def start(self, handler: Callable[[str], None]) -> None:
-        """Begin running ``handler(job_id)`` for submitted jobs."""
+class TaskQueue(Protocol):
+    def start(self, handler: Callable[[Task], None]) -> None:
+        """Begin running ``handler(task)`` for submitted tasks (no-op where workers are
+        other processes)."""
 
-    def submit(self, job_id: str) -> None:
-        """Enqueue a job; raises :class:`QueueFull` when no room is left."""
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Enqueue the tasks of one job, all or none; :class:`QueueFull` when no room is left."""
 
-    def cancel(self, job_id: str) -> bool:
-        """Drop a waiting job (``True``) or flag a running one so it stops early."""
-
-    def is_cancelled(self, job_id: str) -> bool:
-        """Handlers poll this between images."""
+    def cancel(self, job_id: str) -> int:
+        """Drop the waiting tasks of a job; returns how many (running ones notice that
+        their job is gone through the repository)."""
 
     def stats(self) -> dict[str, int | float]:
-        """``pending``, ``running``, ``workers``, ``capacity``."""
+        """``pending`` (jobs not started), ``pending_tasks``, ``running`` (tasks), ``workers``, ``capacity``."""
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait."""
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking jobs; wait for running ones up to ``timeout``."""
+        """Stop taking tasks; wait for running ones up to ``timeout``."""
 
 
-class ThreadPoolQueue:
-    """Bounded FIFO of job ids served by ``workers`` daemon threads."""
+class ThreadTaskQueue:
+    """Bounded FIFO of tasks served by ``workers`` daemon threads; ``maxsize`` counts the
+    jobs none of whose tasks has started (a job being worked on is not waiting)."""
 
     def __init__(self, workers: int, maxsize: int):
         self.workers = int(workers)
         self.maxsize = int(maxsize)
-        self._pending: collections.deque[str] = collections.deque()
-        self._running: set[str] = set()
-        self._cancelled: set[str] = set()
+        self._pending: collections.deque[Task] = collections.deque()
+        self._waiting_jobs: collections.Counter[str] = collections.Counter()  # pending tasks per job
+        self._started: set[str] = set()  # jobs with pending tasks of which one has started
+        self._running = 0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._handler: Callable[[str], None] | None = None
+        self._handler: Callable[[Task], None] | None = None
         self._stopping = False
-        self._avg_seconds = 2.0  # moving average of a job's run time, for Retry-After
+        self._avg_seconds = 2.0  # moving average of a task's run time, for Retry-After
 
-    def start(self, handler: Callable[[str], None]) -> None:
+    def start(self, handler: Callable[[Task], None]) -> None:
         with self._cond:
             if self._threads:
                 return
@@ -73,47 +102,41 @@ class ThreadPoolQueue:
                 t.start()
                 self._threads.append(t)
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            return
         with self._cond:
-            if self._stopping:
+            if self._stopping or len(self._waiting_jobs.keys() - self._started) >= self.maxsize:
                 raise QueueFull(self.retry_after())
-            if len(self._pending) >= self.maxsize:
-                raise QueueFull(self.retry_after())
-            self._pending.append(job_id)
-            self._cond.notify()
+            for t in tasks:
+                self._pending.append(t)
+                self._waiting_jobs[t.job_id] += 1
+            self._cond.notify(len(tasks))
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> int:
         with self._cond:
-            try:
-                self._pending.remove(job_id)
-                return True
-            except ValueError:
-                pass
-            if job_id in self._running:
-                self._cancelled.add(job_id)
-            return False
-
-    def is_cancelled(self, job_id: str) -> bool:
-        with self._cond:
-            return job_id in self._cancelled
+            keep = [t for t in self._pending if t.job_id != job_id]
+            dropped = len(self._pending) - len(keep)
+            self._pending = collections.deque(keep)
+            self._waiting_jobs.pop(job_id, None)
+            self._started.discard(job_id)
+            return dropped
 
     def retry_after(self) -> int:
-        waiting = len(self._pending) + len(self._running)
+        waiting = len(self._pending) + self._running
         return max(1, min(300, int(self._avg_seconds * waiting / max(1, self.workers)) + 1))
 
     def stats(self) -> dict[str, int | float]:
         with self._cond:
-            return {
-                "pending": len(self._pending),
-                "running": len(self._running),
-                "workers": self.workers,
-                "capacity": self.maxsize,
-            }
+            return {"pending": len(self._waiting_jobs.keys() - self._started), "pending_tasks": len(self._pending),
+                    "running": self._running, "workers": self.workers, "capacity": self.maxsize}  # fmt: skip
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
             self._pending.clear()
+            self._waiting_jobs.clear()
+            self._started.clear()
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads:
@@ -127,16 +150,20 @@ class ThreadPoolQueue:
                     self._cond.wait()
                 if self._stopping:
                     return
-                job_id = self._pending.popleft()
-                self._running.add(job_id)
+                task = self._pending.popleft()
+                self._waiting_jobs[task.job_id] -= 1
+                self._started.add(task.job_id)
+                if self._waiting_jobs[task.job_id] <= 0:
+                    del self._waiting_jobs[task.job_id]
+                    self._started.discard(task.job_id)
+                self._running += 1
             t0 = time.monotonic()
             try:
                 assert self._handler is not None
-                self._handler(job_id)
+                self._handler(task)
             except Exception:  # the handler records its own failures; never kill a worker
-                log.exception("job %s crashed its handler", job_id)
+                log.exception("task %s/%d crashed its handler", task.job_id, task.idx)
             finally:
                 with self._cond:
-                    self._running.discard(job_id)
-                    self._cancelled.discard(job_id)
+                    self._running -= 1
                     self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (time.monotonic() - t0)

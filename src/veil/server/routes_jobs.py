@@ -134,7 +134,8 @@ async def create_job(request: Request, who: Principal = Depends(principal)) -> J
     form = await read_multipart(
         request,
         UploadLimits(lim.max_request_bytes, lim.max_file_bytes, lim.max_images_per_job, file_field="files",
-                     max_video_bytes=lim.max_video_bytes, video_sink=state.jobs.spool.create),
+                     max_video_bytes=lim.max_video_bytes,
+                     video_sink=state.jobs.spool.create if state.jobs.spool is not None else None),
     )
     try:  # from here on, the videos' spool files are shredded unless a job takes them
         return await _create_job(request, state, form, who)

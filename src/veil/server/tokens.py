@@ -31,8 +31,11 @@ class Grant:
 
 
 class DownloadTokens:
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
+    """``key``: the signing key (API nodes of one Redis share one, so a link issued by
+    one node downloads from any); by default a random one of this process."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key or secrets.token_bytes(32)
 
     def _mac(self, job_id: str, n: int, key_id: str | None, expires: int) -> str:
         msg = f"{job_id}\n{n}\n{key_id or ''}\n{expires}".encode()

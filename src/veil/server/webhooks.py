@@ -290,6 +290,51 @@ def server_secret(data_dir: Path) -> str:
     return value
 
 
+def deliver_once(url: str, body: bytes, secret: str, event: str, delivery_id: str, attempt: int, *, job_id: str,
+                 allow_private: bool, allow_local: bool, timeout: float, user_agent: str) -> str:
+    """One signed attempt: ``"delivered"`` (2xx), ``"refused"`` (the address is not
+    allowed: never retried) or ``"failed"`` (retry later). Used by the in-process sender
+    and by the distributed mode's queued webhook task."""
+    deadline = time.monotonic() + timeout  # for the whole attempt, every address
+    try:
+        addrs = check_callback_url(url, allow_private=allow_private, allow_local=allow_local)
+    except WebhookURLError as exc:
+        log.warning("webhook for job %s dropped: %s", job_id, exc)
+        return "refused"
+    ts = str(int(time.time()))
+    headers = {
+        "User-Agent": user_agent,
+        "Content-Type": "application/json",
+        "X-Veil-Event": event,
+        "X-Veil-Delivery": delivery_id,
+        "X-Veil-Attempt": str(attempt),
+        TIMESTAMP_HEADER: ts,
+        SIGNATURE_HEADER: sign(secret, ts, body),
+    }
+    for addr in list(dict.fromkeys(addrs)) or [None]:  # each checked address in turn, as a resolver would
+        try:
+            target, pin_headers, extensions = pinned_request(url, addr)
+            status = post_once(target, {**headers, **pin_headers}, body, deadline=deadline,
+                               tls_name=extensions.get("sni_hostname"))  # fmt: skip
+        except AttemptError as exc:
+            log.info("webhook for job %s: %s", job_id, exc)
+            if exc.connect and time.monotonic() < deadline:
+                continue
+            return "failed"
+        except WebhookURLError as exc:
+            log.info("webhook for job %s: %s", job_id, exc)
+            return "failed"
+        if 200 <= status < 300:
+            return "delivered"
+        log.info("webhook for job %s: receiver answered %s", job_id, status)
+        return "failed"
+    return "failed"
+
+
+def payload_body(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
 @dataclass(order=True)
 class _Delivery:
     due: float
@@ -378,7 +423,7 @@ class WebhookSender:
             return len(self._heap)
 
     def send(self, url: str, event: str, payload: dict[str, Any], secret: str, job_id: str = "") -> str:
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        body = payload_body(payload)
         now = time.time()
         d = _Delivery(now, next(self._seq), url, body, secret, event, "dlv_" + secrets.token_hex(8), job_id,
                       first=now, receiver=_receiver(url))  # fmt: skip
@@ -432,43 +477,11 @@ class WebhookSender:
 
     def _attempt(self, d: _Delivery) -> None:
         d.attempts += 1
-        deadline = time.monotonic() + self.timeout  # for the whole attempt, every address
-        try:
-            addrs = check_callback_url(d.url, allow_private=self.allow_private, allow_local=self.allow_local)
-        except WebhookURLError as exc:
-            log.warning("webhook for job %s dropped: %s", d.job_id, exc)
-            self._report(d, "refused")
-            return
-        ts = str(int(time.time()))
-        headers = {
-            "User-Agent": self._user_agent,
-            "Content-Type": "application/json",
-            "X-Veil-Event": d.event,
-            "X-Veil-Delivery": d.delivery_id,
-            "X-Veil-Attempt": str(d.attempts),
-            TIMESTAMP_HEADER: ts,
-            SIGNATURE_HEADER: sign(d.secret, ts, d.body),
-        }
-        ok = False
-        for addr in list(dict.fromkeys(addrs)) or [None]:  # each checked address in turn, as a resolver would
-            try:
-                url, pin_headers, extensions = pinned_request(d.url, addr)
-                status = post_once(url, {**headers, **pin_headers}, d.body, deadline=deadline,
-                                   tls_name=extensions.get("sni_hostname"))  # fmt: skip
-            except AttemptError as exc:
-                log.info("webhook for job %s: %s", d.job_id, exc)
-                if exc.connect and time.monotonic() < deadline:
-                    continue
-                break
-            except WebhookURLError as exc:
-                log.info("webhook for job %s: %s", d.job_id, exc)
-                break
-            ok = 200 <= status < 300
-            if not ok:
-                log.info("webhook for job %s: receiver answered %s", d.job_id, status)
-            break
-        if ok:
-            self._report(d, "delivered")
+        outcome = deliver_once(d.url, d.body, d.secret, d.event, d.delivery_id, d.attempts, job_id=d.job_id,
+                               allow_private=self.allow_private, allow_local=self.allow_local,
+                               timeout=self.timeout, user_agent=self._user_agent)  # fmt: skip
+        if outcome != "failed":
+            self._report(d, outcome)
             return
         delay = min(300.0, self.backoff * (2 ** (d.attempts - 1))) * random.uniform(0.9, 1.1)
         if time.time() + delay - d.first > self.max_seconds:

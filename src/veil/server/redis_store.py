@@ -1,0 +1,254 @@
+"""The distributed mode's Redis parts: job records (:class:`RedisJobRepository`) and
+blobs (:class:`RedisBlobStore`), each key with a time to live.
+
+Redis holds everything in memory; the privacy promise (no upload or result on disk)
+holds when Redis runs without persistence (``--save '' --appendonly no``, see the
+README). Records are JSON strings updated with optimistic transactions (WATCH/MULTI),
+so claims and settlements from many workers are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, Callable
+
+from veil.server.records import ACTIVE, ImageRecord, JobRecord
+
+PREFIX = "veil:"
+#: a record outlives its job's expiry by this much, so a late reader sees "expired", not a gap
+_GRACE = 60.0
+
+
+def connect(url: str) -> Any:
+    """A Redis client for ``redis://``/``rediss://`` URLs (password in the URL) whose
+    calls fail within seconds when Redis is down, instead of hanging."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=15)
+
+
+def shared_secret(r: Any, name: str) -> str:
+    """A secret shared by every API node and worker of one Redis (created once)."""
+    key = f"{PREFIX}secret:{name}"
+    r.set(key, "whsec_" + secrets.token_urlsafe(32), nx=True)
+    value = r.get(key)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ms(seconds: float) -> int:
+    return max(1000, int(seconds * 1000))
+
+
+class RedisJobRepository:
+    """Job records in Redis: ``veil:job:<id>`` (JSON), ``veil:key-jobs:<key id>`` (set)."""
+
+    def __init__(self, r: Any):
+        self.r = r
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    def _load(self, raw: Any) -> JobRecord | None:
+        return JobRecord.from_json(json.loads(raw)) if raw else None
+
+    def _update(self, job_id: str, change: Callable[[JobRecord], Any]) -> tuple[bool, Any]:
+        """Apply ``change`` to the record atomically; (found, what ``change`` returned)."""
+        key = self._key(job_id)
+        out: list[Any] = [False, None]
+
+        def txn(pipe: Any) -> None:
+            job = self._load(pipe.get(key))
+            if job is None:
+                out[:] = [False, None]
+                return
+            result = change(job)
+            pipe.multi()
+            pipe.set(key, json.dumps(job.to_json()), keepttl=True)
+            out[:] = [True, result]
+
+        self.r.transaction(txn, key)
+        return out[0], out[1]
+
+    def create(self, job: JobRecord) -> None:
+        p = self.r.pipeline()
+        # an active record lives twice its TTL at most: its uploads expire after one
+        p.set(self._key(job.id), json.dumps(job.to_json()), px=_ms(2 * (job.expires_at - job.created) + _GRACE))
+        if job.key_id:
+            p.sadd(f"{PREFIX}key-jobs:{job.key_id}", job.id)
+        p.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._load(self.r.get(self._key(job_id)))
+
+    def active_count(self, key_id: str) -> int:
+        members = [m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(f"{PREFIX}key-jobs:{key_id}")]
+        if not members:
+            return 0
+        raws = self.r.mget([self._key(m) for m in members])
+        active, stale = 0, []
+        for m, raw in zip(members, raws):
+            job = self._load(raw)
+            if job is not None and job.status in ACTIVE:
+                active += 1
+            else:
+                stale.append(m)
+        if stale:
+            self.r.srem(f"{PREFIX}key-jobs:{key_id}", *stale)
+        return active
+
+    def claim(self, job_id: str, idx: int) -> ImageRecord | None:
+        def change(job: JobRecord) -> ImageRecord | None:
+            if not 0 <= idx < len(job.images) or job.images[idx].status not in ACTIVE:
+                return None
+            im = job.images[idx]
+            im.status, im.attempts = "processing", im.attempts + 1
+            if job.status == "queued":
+                job.status, job.started = "processing", job.started or time.time()
+            return ImageRecord.from_json(im.to_json())
+
+        return self._update(job_id, change)[1]
+
+    def set_progress(self, job_id: str, idx: int, progress: dict[str, Any]) -> None:
+        def change(job: JobRecord) -> None:
+            if 0 <= idx < len(job.images):
+                job.images[idx].progress = progress
+
+        self._update(job_id, change)
+
+    def settle(self, job_id: str, idx: int, status: str, **values: Any) -> int | None:
+        def change(job: JobRecord) -> int | None:
+            if not 0 <= idx < len(job.images) or job.images[idx].status not in ACTIVE:
+                return None
+            im = job.images[idx]
+            im.status = status
+            for k, v in values.items():
+                setattr(im, k, v)
+            return sum(1 for i in job.images if i.status in ACTIVE)
+
+        return self._update(job_id, change)[1]
+
+    def delete_image(self, job_id: str, idx: int) -> tuple[bool, int | None]:
+        def change(job: JobRecord) -> tuple[bool, int | None]:
+            if not 0 <= idx < len(job.images) or job.images[idx].status == "deleted":
+                return False, None
+            im = job.images[idx]
+            was_active = im.status in ACTIVE
+            im.status, im.detections, im.sha256, im.result_key = "deleted", None, None, None
+            return True, (sum(1 for i in job.images if i.status in ACTIVE) if was_active else None)
+
+        found, result = self._update(job_id, change)
+        return result if found else (False, None)
+
+    def finish(self, job_id: str, status: str, error: str | None, finished: float, expires_at: float) -> bool:
+        def change(job: JobRecord) -> None:
+            job.status, job.error, job.finished, job.expires_at = status, error, finished, expires_at
+
+        found, _ = self._update(job_id, change)
+        if found:
+            self.r.pexpire(self._key(job_id), _ms(expires_at - time.time() + _GRACE))
+        return found
+
+    def set_webhook(self, job_id: str, status: str, attempts: int | None = None) -> None:
+        def change(job: JobRecord) -> None:
+            job.webhook_status = status
+            if attempts is not None:
+                job.webhook_attempts = attempts
+
+        self._update(job_id, change)
+
+    def delete(self, job_id: str) -> None:
+        self.r.delete(self._key(job_id))
+
+    def expired(self, now: float) -> list[str]:
+        return []  # Redis drops expired records itself
+
+    def heartbeat(self, now: float) -> list[JobRecord]:
+        return []  # shared: no job dies with an API node
+
+
+class RedisBlobStore:
+    """Blobs in Redis: ``veil:blob:<job>/<what>/<i>...`` with a TTL, indexed per job."""
+
+    def __init__(self, r: Any):
+        self.r = r
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"{PREFIX}blob:{key}"
+
+    @staticmethod
+    def _index(job_id: str) -> str:
+        return f"{PREFIX}blobs:{job_id}"
+
+    def put(self, key: str, value: Any, ttl: float) -> None:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError("the Redis blob store holds bytes only")
+        job = key.split("/", 1)[0]
+        p = self.r.pipeline()
+        p.set(self._key(key), bytes(value), px=_ms(ttl))
+        p.sadd(self._index(job), key)
+        p.pexpire(self._index(job), _ms(ttl + _GRACE))
+        p.execute()
+
+    def get(self, key: str) -> Any | None:
+        return self.r.get(self._key(key))
+
+    def take(self, key: str) -> Any | None:
+        return self.r.getdel(self._key(key))
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            self.r.delete(*[self._key(k) for k in keys])
+
+    def _members(self, job_id: str) -> list[str]:
+        return [m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(self._index(job_id))]
+
+    def delete_job(self, job_id: str) -> None:
+        members = self._members(job_id)
+        p = self.r.pipeline()
+        if members:
+            p.delete(*[self._key(m) for m in members])
+        p.delete(self._index(job_id))
+        p.execute()
+
+    def expire_job(self, job_id: str, ttl: float) -> None:
+        p = self.r.pipeline()
+        for m in self._members(job_id):
+            p.pexpire(self._key(m), _ms(ttl))
+        p.pexpire(self._index(job_id), _ms(ttl + _GRACE))
+        p.execute()
+
+    def held_bytes(self) -> int:
+        return int(self.r.info("memory").get("used_memory", 0))
+
+
+def describe(url: str) -> str:
+    """``host:port/db`` of a Redis URL, never its password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+    except ValueError:
+        return "(an unreadable Redis URL)"
+
+
+def check_reachable(url: str) -> None:
+    """Ping Redis once; a :class:`~veil.errors.VeilError` naming it (without the password) if it fails."""
+    from veil.errors import VeilError
+
+    try:
+        import redis
+    except ImportError:
+        raise VeilError('the distributed mode needs the "distributed" extra: pip install "veil[distributed]"') from None
+    try:
+        connect(url).ping()
+    except ValueError as exc:
+        raise VeilError(f"not a Redis URL: {describe(url)} ({type(exc).__name__})") from None
+    except redis.exceptions.AuthenticationError:
+        raise VeilError(f"Redis at {describe(url)} refused the password") from None
+    except redis.exceptions.RedisError as exc:
+        raise VeilError(f"cannot reach Redis at {describe(url)}: {type(exc).__name__}") from None
