@@ -13,6 +13,7 @@ The URL's password is never shown: messages name ``host:port/db`` only.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import queue
 import re
 import threading
@@ -181,12 +182,8 @@ class PgStore:
     dialect = "postgresql"
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: int = 10, acquire_timeout: float = 30.0):
-        try:
-            import psycopg  # noqa: F401 - the 'distributed' extra
-        except ImportError:
-            raise DatabaseError(
-                "a postgresql:// database needs psycopg: pip install 'veil[distributed]'"
-            ) from None
+        if importlib.util.find_spec("psycopg") is None:  # the 'distributed' extra
+            raise DatabaseError("a postgresql:// database needs psycopg: pip install 'veil[distributed]'")
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
         self._url = url
