@@ -19,7 +19,7 @@ import pytest
 from veil.errors import VideoError
 from veil.pipeline.options import Options
 from veil.video import anonymize_video, is_video, sniff_container
-from video_media import face_photo, frame_times
+from video_media import face_photo, frame_times, packets
 
 #: What is hidden does not matter here, only what is read and written: the light preset.
 FACE = Options(targets=("face",), preset="fast")
@@ -265,12 +265,13 @@ def test_truncated_mkv_is_a_named_error_and_a_whole_one_is_not(tmp_path, engine)
 
 # -- 1: timestamps that jump back ----------------------------------------------------------------
 def test_concatenated_ts_segments_continue_at_their_own_rate(tmp_path, engine):
-    """Two MPEG-TS segments joined byte for byte: the second's clock starts again. Its
-    frames follow the first's one frame apart, not one 90 kHz tick apart."""
+    """Two MPEG-TS segments (video and AAC) joined byte for byte: the second's clock starts
+    again. Its frames follow the first's one frame apart, not one 90 kHz tick apart, and
+    its audio packets follow on too (the muxer refused them before)."""
     parts = []
     for k in range(2):
         buf = io.BytesIO()
-        _clip(buf, "mpegts", n=6)
+        _clip(buf, "mpegts", n=6, audio=("aac", 16000, 0.0))
         parts.append(buf.getvalue())
     src = tmp_path / "joined.ts"
     src.write_bytes(b"".join(parts))
@@ -284,6 +285,11 @@ def test_concatenated_ts_segments_continue_at_their_own_rate(tmp_path, engine):
     assert steps == [Fraction(1, 12)] * 11, steps
     # frames before the jump keep their timestamps (the TS muxer may shift all streams alike)
     assert [t - got[0] for t in got[:6]] == [t - times[0] for t in times[:6]]
+    # the audio, copied unchanged, follows on the same way (its clock jumped back too)
+    a_in, a_out = packets(src, "audio"), packets(out, "audio")
+    assert [p[0] for p in a_out] == [p[0] for p in a_in] and rep.audio == "copied"
+    dts = [p[2] for p in a_out]
+    assert all(b > a for a, b in zip(dts, dts[1:]))
 
 
 # -- 10: a hostile frame rate does not stretch or cut the tracks ------------------------------------
@@ -308,3 +314,54 @@ def test_a_hostile_frame_rate_in_the_header_keeps_tracks_bounded():
     blink = [face() for _ in range(5)] + [[]] + [face() for _ in range(5)]
     slow = plan(blink, [0] * len(blink), 0.001)
     assert slow.tracks == {"face": 1} and all(slow.frames)
+
+
+# -- 11, 12: the CLI looks at each file once, and names outputs by content ------------------------------
+def _veil(*args: str):
+    """The real ``veil`` command, in this process (the session's models stay loaded)."""
+    from typer.testing import CliRunner
+
+    from veil.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _webm(path: Path) -> None:
+    with av.open(str(path), "w", format="webm") as o:
+        s = o.add_stream("libvpx-vp9", rate=10, options={"deadline": "realtime", "cpu-used": "8"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for rgb in _frames(4, (64, 48)):
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                o.mux(p)
+        for p in s.encode():
+            o.mux(p)
+
+
+def test_cli_names_outputs_by_content_and_looks_at_each_file_once(tmp_path, engine, photos, monkeypatch):
+    """A WebM named ``.mkv`` is written as MP4 (``.mp4``), a Matroska H.264 named ``.webm``
+    stays Matroska (``.mkv``): the content decides, as it decides what is written. Planning,
+    splitting the batch and running it look at each file once (``veil detect`` too)."""
+    import veil.cli.video as cli_video
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _webm(src / "really-webm.mkv")
+    _clip(src / "really-mkv.webm", "matroska", n=4, size=(64, 48))
+    (src / "photo.jpg").write_bytes(photos["zidane"].read_bytes())
+    looked: list[str] = []
+    real = cli_video._extension
+    monkeypatch.setattr(cli_video, "_extension", lambda p: looked.append(p.name) or real(p))
+    out = tmp_path / "out"
+    r = _veil("anonymize", src, "-o", out, "--targets", "face", "--preset", "fast", "--jobs", "1")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg", "really-mkv.mkv", "really-webm.mp4"]
+    assert sniff_container((out / "really-webm.mp4").read_bytes()[:4096]) == "mp4"
+    assert sniff_container((out / "really-mkv.mkv").read_bytes()[:4096]) == "matroska"
+    assert sorted(looked) == ["photo.jpg", "really-mkv.webm", "really-webm.mkv"]
+    looked.clear()
+    fresh = tmp_path / "fresh.mkv"
+    _clip(fresh, "matroska", n=4, size=(64, 48))
+    r = _veil("detect", fresh, "--preset", "fast", "--targets", "face", "--json", tmp_path / "d.jsonl")
+    assert r.exit_code == 0, r.output
+    assert looked == ["fresh.mkv"]
+    assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 4

@@ -18,12 +18,31 @@ from veil.cli.resume import file_sha256
 from veil.errors import VeilError
 from veil.pipeline.options import Options
 from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
-from veil.video.container import EXTENSIONS, output_container
+from veil.video.container import EXTENSIONS, open_input, output_container
 from veil.video.pipeline import track_extension
 
 
+#: What :func:`video_extension` found, per file (path, size, modification time): planning,
+#: splitting a batch and running it ask about the same file, which is looked at once.
+_SEEN: dict[tuple[str, int, int], str | None] = {}
+
+
 def video_extension(path: Path) -> str | None:
-    """The extension veil writes for the video at ``path``; None when it is not a video."""
+    """The extension veil writes for the video at ``path``, decided by its content as the
+    writer decides it; None when it is not a video."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SEEN:
+        if len(_SEEN) >= 100_000:
+            _SEEN.clear()
+        _SEEN[key] = _extension(path)
+    return _SEEN[key]
+
+
+def _extension(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             family = sniff_container(fh.read(SNIFF_BYTES))
@@ -31,8 +50,13 @@ def video_extension(path: Path) -> str | None:
         return None
     if family is None:
         return None
-    if family == "matroska" and path.suffix.lower() == ".webm":
-        family = "webm"  # told apart for sure only once opened; the name is enough to plan
+    if family == "matroska":  # WebM or Matroska: its DocType and codecs tell, never its name
+        try:
+            container, info = open_input(str(path))
+            container.close()
+            family = info.container
+        except VeilError:
+            pass  # the run names what is wrong with it
     return EXTENSIONS[output_container(family)]
 
 

@@ -281,6 +281,7 @@ class VideoWriter:
             raise VideoError(f"cannot set up the {self.format} output ({type(exc).__name__}: {exc})") from None
         self._last_pts: int | None = None
         self._offset = 0  # added to the input's timestamps after a jump back (see write)
+        self._audio_clock: dict[int, tuple[int, int]] = {}  # per audio stream: offset, last dts
         # one frame's duration in the time base (the header's rate, within sane bounds)
         self._step = max(1, round(1 / (min(max(info.fps or 25.0, 1.0), 240.0) * float(self.time_base))))
         self.frames = 0
@@ -360,8 +361,19 @@ class VideoWriter:
         self.frames += 1
 
     def copy_audio(self, packet: av.Packet) -> None:
-        """Mux an input audio packet unchanged (or re-encode it where the container needs)."""
+        """Mux an input audio packet unchanged (or re-encode it where the container needs).
+        Where the audio's clock jumps back (joined segments), the rest follows on, as the
+        frames do in :meth:`write`; the payload is never touched."""
         idx = packet.stream.index
+        if packet.dts is not None and (idx in self.audio_map or idx in self.audio_encoders):
+            offset, last = self._audio_clock.get(idx, (0, None))
+            dts = packet.dts + offset
+            if last is not None and last - dts > max(1, packet.duration or 0):
+                offset += last + max(1, packet.duration or 0) - dts
+                dts = last + max(1, packet.duration or 0)
+            if offset:
+                packet.dts, packet.pts = dts, None if packet.pts is None else packet.pts + offset
+            self._audio_clock[idx] = (offset, dts)
         if idx in self.audio_map:
             if packet.dts is None and packet.size == 0:
                 return  # demuxer's end-of-stream marker
