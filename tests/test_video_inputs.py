@@ -263,6 +263,29 @@ def test_truncated_mkv_is_a_named_error_and_a_whole_one_is_not(tmp_path, engine)
     assert anonymize_video(whole, None, FACE, engine=engine).frames == 24
 
 
+def test_mp4_whose_last_frame_is_held_is_whole(tmp_path, engine):
+    """A screen recording's way: 6 frames in 0.42 s, the last held for 10 s. Its frames
+    end long before the declared 10.4 s, but the index counts all 6: not truncated."""
+    src = tmp_path / "screen.mp4"
+    tb = Fraction(1, 1000)
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=12, options={"preset": "ultrafast"})
+        v.width, v.height, v.pix_fmt, v.time_base = 96, 72, "yuv420p", tb
+        pkts = []
+        for i, rgb in enumerate(_frames(6, (96, 72))):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts, f.time_base = round(i / 12 / tb), tb
+            pkts += v.encode(f)
+        pkts += v.encode()
+        last = max(pkts, key=lambda p: p.pts)
+        last.duration = round(10 / last.time_base)
+        for p in pkts:
+            out.mux(p)
+    with av.open(str(src)) as c:
+        assert float(c.streams.video[0].duration * c.streams.video[0].time_base) > 10
+    assert anonymize_video(src, tmp_path / "out.mp4", FACE, engine=engine).frames == 6
+
+
 # -- 1: timestamps that jump back ----------------------------------------------------------------
 def test_concatenated_ts_segments_continue_at_their_own_rate(tmp_path, engine):
     """Two MPEG-TS segments (video and AAC) joined byte for byte: the second's clock starts

@@ -68,6 +68,9 @@ class VideoInfo:
     metadata: list[str] = field(default_factory=list)  #: container/stream tags found (names only)
     #: the video's duration the header declares, where it is binding (0: none): the truncation check
     declared_s: float = 0.0
+    #: frames an MP4/MOV sample index counts (0 elsewhere: an AVI's count holds placeholder
+    #: ticks, an MKV's is an estimate); an edit list may present fewer
+    declared_frames: int = 0
 
     def set_rotation(self, degrees: float | None) -> None:
         """Record the display rotation (read off the first decoded frame); swaps the size."""
@@ -161,6 +164,7 @@ def _probe(container: av.container.InputContainer, family: str) -> VideoInfo:
         + ["attached picture" for s in container.streams.video if _attached_pic(s)],
         metadata=sorted(set(tags)) + (["chapters"] if _chapters(container) else []),
         declared_s=declared if family in _DECLARED_DURATION else 0.0,
+        declared_frames=frames if v.frames and family in ("mp4", "mov") else 0,
     )  # fmt: skip
 
 
@@ -200,12 +204,15 @@ _DECLARED_DURATION = {"mp4", "mov", "matroska", "webm"}
 def check_complete(info: VideoInfo, frames: int, first_s: float, last_s: float) -> None:
     """:class:`VideoError` when the decoded frames (``frames`` of them, the first and last
     presented at ``first_s`` and ``last_s``) fall short of what the header declares: a
-    truncated file. The presented span is compared with the declared duration, not the
-    count with the index's, so an MP4 trimmed by an edit list (its index counts frames
-    that are never presented) is taken as it plays, and a cut MKV is caught as a cut MP4."""
+    truncated file. Their span must fall short of the declared duration and, where an
+    MP4/MOV index counts the frames, their number short of that count too: an MP4 trimmed
+    by an edit list (its index counts frames never presented) is taken as it plays, one
+    whose last frame is held for long (a screen recording) is whole, and a cut MKV, which
+    declares no count, is caught by its duration alone."""
     step = 1 / info.fps if info.fps and info.fps > 0 else 0.04
     span = last_s - first_s + step
-    if info.declared_s and span < info.declared_s * 0.9 - 2 * step:
+    few = not info.declared_frames or frames < info.declared_frames * 0.9 - 1
+    if info.declared_s and span < info.declared_s * 0.9 - 2 * step and few:
         raise VideoError(f"truncated or corrupt video: {frames} frames decoded, {span:.2f} of "
                          f"{info.declared_s:.2f} seconds the header declares")  # fmt: skip
 
