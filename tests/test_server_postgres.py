@@ -113,6 +113,10 @@ def test_connections_dropped_by_the_server_are_replaced(pg, pg_server):
 
 def test_open_database_picks_the_backend(tmp_path, pg_url):
     assert isinstance(open_database(tmp_path / "x.sqlite3"), Store)
+    assert isinstance(open_database(str(tmp_path / "y.sqlite3")), Store)
+    with pytest.raises(DatabaseError, match="unsupported database URL scheme 'mysql'") as info:
+        open_database("mysql://root:s3cret@db/veil")
+    assert "s3cret" not in str(info.value)
     for url in (pg_url, pg_url.replace("postgresql://", "postgres://", 1)):
         db = open_database(url)
         assert isinstance(db, PgStore) and db.dialect == "postgresql"

@@ -53,6 +53,9 @@ def open_database(url_or_path: str | Path, *, pool_size: int = 8) -> Database:
     """A :class:`PgStore` for a ``postgresql://`` URL, else the SQLite file at that path."""
     if is_pg_url(url_or_path):
         return PgStore(str(url_or_path).strip(), pool_size=pool_size)
+    if isinstance(url_or_path, str) and "://" in url_or_path:
+        scheme = url_or_path.split("://", 1)[0]
+        raise DatabaseError(f"unsupported database URL scheme {scheme!r}: use postgresql://user:password@host:port/db")
     return Store(Path(url_or_path).expanduser())
 
 
