@@ -47,6 +47,12 @@ def pg_bin_dir() -> Path | None:
     return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
 
 
+def _others_can_enter(path: str) -> bool:
+    """Whether every folder down to ``path`` lets other users (``postgres``) through."""
+    p = Path(path).resolve()
+    return all(d.stat().st_mode & 0o001 for d in (p, *p.parents))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,7 +65,7 @@ class PgCluster:
     def __init__(self, bin_dir: Path):
         self.bin = bin_dir
         self.as_root = os.geteuid() == 0
-        self.root = Path(tempfile.mkdtemp(prefix="veil-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="veil-pg-", dir=None if _others_can_enter(tempfile.gettempdir()) else "/tmp"))
         self.data = self.root / "data"
         self.started = False
 
