@@ -129,7 +129,7 @@ class ServerConfig:
     default_quota_per_day: int = 0
     #: Distributed mode: job records, uploads and results in this Redis
     #: (``redis://[:password@]host:port/db`` or ``rediss://``), tasks on its RQ queues.
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     #: Where API keys, usage counters and the audit log live: a ``postgresql://`` URL
     #: (shared by several API nodes) or ``None`` = the SQLite file in ``data_dir``
     #: (``db_path``). Job records and images never go there. Not in ``repr`` (password).

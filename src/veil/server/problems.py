@@ -126,6 +126,13 @@ def install(app: FastAPI) -> None:
     async def _service(_: Request, exc: ServiceError):  # noqa: ANN202
         return service_problem(exc).response()
 
+    from veil.server.database import DatabaseError
+
+    @app.exception_handler(DatabaseError)
+    async def _database_down(_: Request, exc: DatabaseError):  # noqa: ANN202
+        return Problem(503, "the key database is unreachable right now; retry later", slug="unavailable",
+                       headers={"Retry-After": "5"}).response()
+
     try:  # the distributed mode's backend; its outage is a 503, never a 500 or a hang
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
