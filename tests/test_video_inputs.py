@@ -219,17 +219,18 @@ def _audio(path: Path) -> tuple[str, int, float]:
         return a.codec_context.name, a.codec_context.sample_rate, float(first.pts * a.time_base)
 
 
-@pytest.mark.parametrize("rate,expected", [(11025, 11025), (22000, 22050)])
+@pytest.mark.parametrize("rate,expected", [(7350, 7350), (11025, 11025), (22000, 22050)])
 def test_vorbis_is_re_encoded_at_its_offset_and_a_rate_aac_takes(tmp_path, engine, rate, expected):
     src = tmp_path / "clip.mkv"
     _clip(src, "matroska", n=12, audio=("vorbis", rate, 0.5))
     codec, _, start = _audio(src)
-    assert codec == "vorbis" and start > 0.4
+    assert codec == "vorbis" and start > 0.3
     out = tmp_path / "out.mkv"
     rep = anonymize_video(src, out, FACE, engine=engine)
     codec_out, rate_out, start_out = _audio(out)
     assert (codec_out, rate_out) == ("aac", expected) and rep.audio == "re-encoded"
-    assert abs(start_out - start) < 0.06, (start_out, start)  # AAC's priming, not the offset, differs
+    # AAC's priming (1024 samples before the first), not the offset, may differ
+    assert abs(start_out - start) < 1024 / expected + 0.01, (start_out, start)
     assert any("vorbis re-encoded to AAC" in n for n in rep.notes)
 
 
@@ -260,6 +261,9 @@ def test_truncated_mkv_is_a_named_error_and_a_whole_one_is_not(tmp_path, engine)
     with pytest.raises(VideoError, match="truncated"):
         anonymize_video(cut, tmp_path / "out.mkv", FACE, engine=engine)
     assert not (tmp_path / "out.mkv").exists()
+    r = _veil("anonymize", cut, "-o", tmp_path / "cli", "--targets", "face", "--preset", "fast")
+    assert r.exit_code == 1 and f"failed {cut}: truncated" in " ".join(r.output.split()), r.output
+    assert not list((tmp_path / "cli").glob("*"))
     assert anonymize_video(whole, None, FACE, engine=engine).frames == 24
 
 
