@@ -8,6 +8,7 @@ concatenated MPEG-TS segments, Vorbis audio at an odd rate and offset, odd frame
 from __future__ import annotations
 
 import io
+import os
 import struct
 from fractions import Fraction
 from pathlib import Path
@@ -117,6 +118,25 @@ def test_an_encoder_that_cannot_open_leaves_no_output_and_no_temporary(tmp_path,
     buf = io.BytesIO()  # the server's case: a file object the caller discards on error
     with pytest.raises(VideoError):
         anonymize_video(src, buf, FACE, engine=engine)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_a_destination_that_cannot_be_written_is_a_named_error_and_closes_the_input(tmp_path, engine):
+    """The writer fails while being set up (a read-only file object for the output): a
+    VideoError, not FFmpeg's ValueError, and the input opened for the second pass is closed
+    at once (before, it stayed open with the traceback)."""
+    src = tmp_path / "clip.mp4"
+    _clip(src, "mp4", n=4)
+    (tmp_path / "ro").write_bytes(b"")
+    with open(tmp_path / "ro", "rb") as read_only:
+        before = _open_fds()
+        with pytest.raises(VideoError, match="cannot write the output"):
+            anonymize_video(src, read_only, FACE, engine=engine)
+        assert _open_fds() == before
 
 
 # -- 5: cover art is never the video -------------------------------------------------------------

@@ -278,7 +278,10 @@ class VideoWriter:
             av.codec.Codec(name, "w")
         except Exception:
             raise VideoError(f"the {codec or 'h264'} encoder is not available in this PyAV build") from None
-        self.out = av.open(dst, "w", format=self.format)
+        try:
+            self.out = av.open(dst, "w", format=self.format)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:  # a destination that cannot be written
+            raise VideoError(f"cannot write the output ({_why(exc)})") from None
         try:
             self._add_streams(source, info, name, crf, audio, keep)
         except Exception as exc:
