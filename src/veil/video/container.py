@@ -184,7 +184,7 @@ def _declared_duration(container: av.container.InputContainer, v: av.video.strea
     else the file's when the video is its only timed stream."""
     if v.duration and v.time_base:
         return float(v.duration * v.time_base)
-    tag = str(v.metadata.get("DURATION") or v.metadata.get("duration") or "")
+    tag = next((str(val) for k, val in v.metadata.items() if k.upper().split("-")[0] == "DURATION"), "")
     parts = tag.split(":")
     if len(parts) == 3:
         try:
@@ -350,7 +350,7 @@ class VideoWriter:
 
     def write(self, rgb: np.ndarray, pts: int | None) -> None:
         """Encode one frame at the input's ``pts``. The muxer needs strictly increasing
-        timestamps: where the input's jump back (concatenated segments, a reset clock) the
+        timestamps: where the input's go back (concatenated segments, a reset clock) the
         rest follows on one frame after the last, at its own spacing (one offset, not a
         growing shift); a repeated or swapped neighbour gets one tick more; none: one frame on."""
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
