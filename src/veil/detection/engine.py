@@ -129,16 +129,43 @@ class Engine:
             if p.tiles and not tiles_run(plan, w, h):
                 continue
             if p.around_small:
-                yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
-                small = np.array([d.box for _, d in cands if d.height <= p.around_small], np.float32).reshape(-1, 4)
-                tiles = tiles_around(small, w, h, p.size, p.tile_scale)
-                cands += [(i, d) for d in yolo.regions(rgb, tiles, p.floor)] if tiles else []
+                cands += [(i, d) for d in self.look_around_small(rgb, p, plan, [d for _, d in cands])]
                 continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         out = vote(cands, plan)
         if plan.evidence_score > 0 and any(d.score < plan.evidence_score for d in out):
             vb, vs = self.vehicles(rgb, plan, cache)
             out = with_evidence(out, vb[vs >= plan.evidence_vehicle_score], plan.evidence_score)
+        return out
+
+    def look_around_small(self, rgb: np.ndarray, p: Pass, plan: Plan, found: Sequence[Detection]) -> list[Detection]:
+        """The second look of an ``around_small`` pass: the photo is cut into tiles at the
+        scale of :func:`around_small_scale`; the tiles holding a face of ``found`` at most
+        ``p.around_small`` tall run, then the tiles holding the small faces those find, and
+        so on (each tile once): a crowd's faces sit next to each other, so the look follows
+        the crowd to its edge and costs nothing where there are no small faces. None where
+        the whole photo fits one input at ``p.tile_scale`` (the whole-photo pass saw it)."""
+        h, w = rgb.shape[:2]
+        small = np.array([d.box for d in found if d.height <= p.around_small], np.float32).reshape(-1, 4)
+        if not len(small) or max(w, h) <= p.size / p.tile_scale:
+            return []
+        scale = around_small_scale(small[:, 3] - small[:, 1], p, plan, w, h)
+        # neighbouring tiles share twice a small face's height: each small face lies whole in one
+        overlap = min(0.2, 2 * p.around_small * scale / p.size)
+        grid = tile_regions(w, h, p.size, min_scale=scale, overlap=overlap) or [((0, 0, w, h), scale)]
+        tiles = np.array([r for r, _ in grid], np.float32)
+        done = np.zeros(len(grid), dtype=bool)
+        yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
+        out: list[Detection] = []
+        while len(small):
+            todo = ~done & holding(tiles, small, p.around_small)
+            if not todo.any():
+                break
+            done |= todo
+            new = [d for d in yolo.regions(rgb, [grid[k] for k in np.nonzero(todo)[0]], p.floor)
+                   if d.height <= p.around_small or d.score >= p.large_floor]  # fmt: skip
+            out += new
+            small = np.array([d.box for d in new if d.height <= p.around_small], np.float32).reshape(-1, 4)
         return out
 
     def _nanodet(self, rgb: np.ndarray, size: int, cache: dict[int, NanoDetOutputs]) -> NanoDetOutputs:
@@ -224,20 +251,25 @@ class Engine:
         return out
 
 
-def tiles_around(boxes: np.ndarray, width: int, height: int, size: int, scale: float) -> list[tuple[tuple[int, int, int, int], float]]:
-    """Tiles (for :meth:`Yolo.regions`) covering one model input's worth of photo (``size /
-    scale`` pixels a side) around each of ``boxes``: the windows merge where they overlap and
-    each merged window is tiled at ``scale``. None where the whole photo already fits one
-    input at ``scale`` (the whole-photo pass saw it at that scale)."""
-    side = size / scale
-    if len(boxes) == 0 or max(width, height) <= side:
-        return []
+def around_small_scale(heights: np.ndarray, p: Pass, plan: Plan, width: int, height: int) -> float:
+    """The scale of ``p``'s look around small faces of these ``heights``: enough for the
+    smallest of them (10th percentile) to reach ``p.small_px``, never below ``p.tile_scale``
+    and above it at most as far as ``plan.upscale_budget`` input pixels for the whole photo
+    allow (the look may cover all of it)."""
+    if not p.small_px or not len(heights):
+        return p.tile_scale
+    want = p.small_px / max(float(np.percentile(heights, 10)), 1.0)
+    cap = max(p.tile_scale, math.sqrt(plan.upscale_budget / (width * height)))
+    return float(min(max(want, p.tile_scale), cap))
+
+
+def holding(tiles: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
+    """Whether each of ``tiles`` (T, 4) holds the centre of one of ``boxes`` (N, 4), its
+    edges grown by ``reach`` pixels."""
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    windows = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
-    out: list[tuple[tuple[int, int, int, int], float]] = []
-    for (x0, y0, x1, y1), _ in merge_regions(windows, width, height, margin=0.0):
-        tiles = tile_regions(x1 - x0, y1 - y0, size, min_scale=scale) or [((0, 0, x1 - x0, y1 - y0), scale)]
-        out += [((a + x0, b + y0, c + x0, d + y0), s) for (a, b, c, d), s in tiles]
+    out = np.zeros(len(tiles), dtype=bool)
+    for k, (x0, y0, x1, y1) in enumerate(tiles):
+        out[k] = bool(((x0 - reach <= cx) & (cx <= x1 + reach) & (y0 - reach <= cy) & (cy <= y1 + reach)).any())
     return out
 
 

@@ -52,6 +52,15 @@ class Pass:
     #: in crowds, and a crowd's faces sit at the edge of what a shrunk photo resolves, so
     #: where one is found the others are looked for at full size
     around_small: float = 0.0
+    #: around_small passes: the look is upscaled so that the smallest of those faces (their
+    #: 10th percentile height) reach this many pixels, the size from which the model finds
+    #: nearly every face (0 = ``tile_scale`` as is); never below ``tile_scale``, and above it
+    #: at most as far as ``Plan.upscale_budget`` input pixels for the whole photo allow
+    small_px: float = 0.0
+    #: around_small passes: boxes taller than ``around_small`` need this score (0 = ``floor``);
+    #: ``floor`` then holds for the small ones only: a face of 12 px, found among other small
+    #: faces, scores low at the model's limit, while a larger box is held to the plan's usual bar
+    large_floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,9 @@ class Plan:
     passes: tuple[Pass, ...]
     agree: float = 99.0  # summed score of >= 2 agreeing passes that keeps weaker candidates
     cluster_iou: float = 0.3
-    #: upscaled face passes are capped at this many input pixels: faces in large photos
-    #: already have pixels at 1x, and the cap keeps large photos fast
+    #: upscaled face passes (and an upscaled look around small faces, ``Pass.small_px``) are
+    #: capped at this many input pixels: faces in large photos already have pixels at 1x,
+    #: and the cap keeps large photos fast
     upscale_budget: float = 1.0e6
     #: tiled passes run only on photos larger than this many megapixels
     tile_above: float = 0.0
@@ -130,13 +140,17 @@ PRESETS: dict[str, Preset] = {
         # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
         # by more than 2x (a 16 px face stays >= 8 px in the model's input); on tiled photos
         # the whole-photo pass, there only for faces too large for a tile, runs at 416; where
-        # they find faces of at most 24 px (a crowd), tiles at full size around them
+        # they find faces of at most 24 px (a crowd), tiles at full size (upscaled so the
+        # smallest found reach 14 px, up to 4 MP of input) on those faces and, tile by tile,
+        # on the small faces that look finds (a crowd is followed to its edge); small faces
+        # there count from a lower score than the usual 0.125
         face=Plan(
             (
                 Pass(_YF, 0.125, 0.125, size=640, size_if_tiled=416),
                 Pass(_YF, 0.125, 0.125, size=640, tiles=True, tile_scale=0.5),
-                Pass(_YF, 0.125, 0.125, size=640, tile_scale=1.0, around_small=24),
-            )
+                Pass(_YF, 0.03, 0.03, size=640, tile_scale=1.0, around_small=24, small_px=14, large_floor=0.125),
+            ),
+            upscale_budget=4.0e6,
         ),
         # people: YOLO11-pose and NanoDet on the whole photo and, on photos over 1 MP (which
         # those shrink more than 2x), both on tiles at full size: a tile is voted on as a
