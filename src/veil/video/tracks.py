@@ -190,10 +190,38 @@ def _smoothed(track: Track, radius: int) -> dict[int, np.ndarray]:
     return out
 
 
+def _at_edge(box: np.ndarray, size: tuple[int, int] | None) -> bool:
+    """Does ``box`` touch the frame's border (within a quarter of its own size)? A face
+    cut by the border is one the detectors lose while it is still half in view."""
+    if size is None:
+        return False
+    m = 0.25 * max(box[2] - box[0], box[3] - box[1])
+    return bool(box[0] <= m or box[1] <= m or box[2] >= size[0] - m or box[3] >= size[1] - m)
+
+
+def _inside(box: np.ndarray, size: tuple[int, int]) -> bool:
+    return bool(box[2] > 0 and box[3] > 0 and box[0] < size[0] and box[1] < size[1] and box[2] > box[0] and box[3] > box[1])
+
+
+def _reach(sm: np.ndarray, v: np.ndarray, step: int, limit: int, extend: int, edge: int, size: tuple[int, int] | None) -> int:
+    """Frames to extend a track from its end box ``sm`` moving ``v`` a frame (``step`` -1:
+    backwards): ``extend``, or where the box touches the border, until its motion carries
+    it out of the frame, at most ``edge`` frames; never past ``limit`` frames (the cut)."""
+    n = min(extend, limit)
+    if size is None or not _at_edge(sm, size):
+        return n
+    while n < min(edge, limit) and _inside(sm + v * step * (n + 1), size):
+        n += 1
+    return n
+
+
 def plan(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps: float, *,
-         extend: int = 5, smooth: int = 2) -> TrackPlan:  # fmt: skip
+         extend: int = 5, smooth: int = 2, size: tuple[int, int] | None = None) -> TrackPlan:  # fmt: skip
     """What to hide in each frame: the raw detections and every track's boxes (filled,
-    extended and smoothed). ``frames[i]`` is None where detection did not run."""
+    extended and smoothed). ``frames[i]`` is None where detection did not run. ``size``
+    (the frame's width and height) lets a track that starts or ends at the border be
+    extended until its motion carries it out of the frame (at most a second), not just
+    ``extend`` frames: faces cut by the border are the ones detectors lose."""
     n = len(frames)
     tracks = link(frames, shots, fps)
     shot_start: dict[int, int] = {}
@@ -222,13 +250,16 @@ def plan(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
                     hide[f].append(_filler(target_of[i if w < 0.5 else j], t.dets[i].score, box, tid))
                     filled[f] |= not _has_raw(frames[f], t.group)
         first, last = idx[0], idx[-1]
-        v0 = _velocity(sm, idx[:3])
-        v1 = _velocity(sm, idx[-3:])
-        for f in range(max(shot_start[t.shot], first - extend), first):
+        raw = {i: _box(d) for i, d in t.dets.items()}  # the motion of the raw boxes: smoothing skews the ends
+        v0 = _velocity(raw, idx[:3])
+        v1 = _velocity(raw, idx[-3:])
+        edge = max(extend, int(round(fps)))
+        before = _reach(sm[first], v0, -1, first - shot_start[t.shot], extend, edge, size)
+        for f in range(first - before, first):
             box = _union(_grow(sm[first], _FILL_GROWTH), sm[first] + v0 * (f - first))
             hide[f].append(_filler(target_of[first], t.dets[first].score, box, tid))
             filled[f] |= not _has_raw(frames[f], t.group)
-        end = min(shot_end[t.shot], last + extend)
+        end = last + _reach(sm[last], v1, 1, shot_end[t.shot] - last, extend, edge, size)
         for f in range(last + 1, end + 1):
             box = _union(_grow(sm[last], _FILL_GROWTH), sm[last] + v1 * (f - last))
             hide[f].append(_filler(target_of[last], t.dets[last].score, box, tid))
