@@ -74,6 +74,15 @@ def test_results_expire_after_ttl(tmp_path):
         srv.stop()
 
 
+def _gone(c, url: str, timeout: float = 10.0) -> None:
+    """``url`` answers 404 once the last response's background task has run."""
+    deadline = time.monotonic() + timeout
+    while c.get(url).status_code != 404:
+        assert time.monotonic() < deadline, f"{url} still there"
+        time.sleep(0.02)
+    assert_problem(c.get(url), 404)
+
+
 def test_delete_after_download_and_deletes(tmp_path):
     srv = start_server(ServerConfig(data_dir=tmp_path))
     try:
@@ -81,17 +90,18 @@ def test_delete_after_download_and_deletes(tmp_path):
             job = _submit(c, n=2, delete_after_download="true").json()["id"]
             assert wait_job(c, job)["delete_after_download"] is True
             assert c.get(f"/api/v1/jobs/{job}/images/0").status_code == 200
-            assert_problem(c.get(f"/api/v1/jobs/{job}/images/0"), 404)  # gone once downloaded
+            # gone once downloaded (by the response's background task: wait for it)
+            _gone(c, f"/api/v1/jobs/{job}/images/0")
             status = c.get(f"/api/v1/jobs/{job}").json()
             assert [i["status"] for i in status["images"]] == ["deleted", "done"]
             assert c.get(f"/api/v1/jobs/{job}/images/1").status_code == 200
-            assert_problem(c.get(f"/api/v1/jobs/{job}"), 404)  # last image fetched → job gone
+            _gone(c, f"/api/v1/jobs/{job}")  # last image fetched → job gone
 
             job = _submit(c, n=3, delete_after_download="1").json()["id"]
             wait_job(c, job)
             r = c.get(f"/api/v1/jobs/{job}/archive")
             assert r.status_code == 200 and len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 3
-            assert_problem(c.get(f"/api/v1/jobs/{job}"), 404)
+            _gone(c, f"/api/v1/jobs/{job}")
 
             job = _submit(c, n=2).json()["id"]
             wait_job(c, job)

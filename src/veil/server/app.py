@@ -87,7 +87,9 @@ def build_state(
     shared = open_server_database(config) if config.database else store  # keys, usage, audit
     keys = KeyManager(shared)
     audit = AuditLog(shared)
-    spool = None  # videos need the embedded mode (their spool files are local)
+    # video uploads arrive in encrypted spool files; leftovers of an earlier process
+    # (unreadable without its key) go now
+    spool = SpoolDir(config.data_dir / "spool")
     notify = dist = None
     if config.redis_url:
         from veil.server.distributed import distributed_parts
@@ -100,8 +102,6 @@ def build_state(
                                    stale_after=max(30.0, 3 * config.effective_sweep_interval))  # fmt: skip
         blobs = MemoryBlobStore()
         q = queue or ThreadTaskQueue(config.workers, config.queue_size)
-        # video uploads and results; leftovers of an earlier process (unreadable) go now
-        spool = SpoolDir(config.data_dir / "spool")
     webhooks = WebhookSender(
         allow_private=config.allow_private_webhooks,
         allow_local=config.loopback,

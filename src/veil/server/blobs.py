@@ -19,6 +19,12 @@ def blob_key(job_id: str, what: str, idx: int | None = None, attempt: int | None
     return "/".join(parts)
 
 
+def hold_ttl(ttl: float) -> float:
+    """How long an upload or result may live while its job waits or runs: twice the
+    job's TTL (and a minute), as its record; when the job ends its blobs get ``ttl``."""
+    return 2 * float(ttl) + 60.0
+
+
 def _job_of(key: str) -> str:
     return key.split("/", 1)[0]
 

@@ -51,12 +51,13 @@ class Completion:
             error = failed[0].error if len({i.error for i in failed}) == 1 else "every image failed"
         now = time.time()
         ttl = (job.expires_at - job.created) or self.ttl  # the TTL of the API node that took the job
+        counts = sum_counts(i.detections or {} for i in done)
+        # audited first: whoever sees the job finished finds its audit record
+        self.audit.record("job", key_id=job.key_id, job_id=job_id, status=status, image_count=len(images),
+                          options=job.options, detections=counts, outputs=[i.sha256 for i in done])  # fmt: skip
         if not self.repo.finish(job_id, status, error, now, now + ttl):
             return  # deleted meanwhile
         self.blobs.expire_job(job_id, ttl)
-        counts = sum_counts(i.detections or {} for i in done)
-        self.audit.record("job", key_id=job.key_id, job_id=job_id, status=status, image_count=len(images),
-                          options=job.options, detections=counts, outputs=[i.sha256 for i in done])  # fmt: skip
         if not job.callback_url:
             return
         payload = {

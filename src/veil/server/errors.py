@@ -51,7 +51,3 @@ class Unavailable(ServiceError):
     def __init__(self, message: str, *, retry_after: int | None = None, slug: str = "unavailable"):
         super().__init__(message, retry_after=retry_after)
         self.slug = slug
-
-
-class Unsupported(ServiceError):
-    """The upload is fine but this deployment cannot process it (e.g. a video in distributed mode)."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from veil.pipeline.options import Options
 from veil.server.audit import AuditLog, sum_counts
-from veil.server.blobs import BlobStore, blob_key
+from veil.server.blobs import BlobStore, blob_key, hold_ttl
 from veil.server.completion import Completion, job_links
 from veil.server.config import ServerConfig
 from veil.server.errors import (
@@ -40,8 +40,7 @@ from veil.server.errors import (
     QuotaExceeded,
     TooManyJobs,
     Unavailable,
-    Unsupported,
-)
+    )
 from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, seconds_to_utc_midnight, utc_day
 from veil.server.queue import QueueFull, Task, TaskQueue
 from veil.server.records import ACTIVE, ImageRecord, JobRecord
@@ -145,7 +144,7 @@ class JobManager:
         self.queue = queue
         self.webhooks = webhooks
         self.pipeline = pipeline
-        #: the :class:`~veil.server.spool.SpoolDir` of video uploads and results (embedded mode only)
+        #: the :class:`~veil.server.spool.SpoolDir` of video uploads (and, embedded, their results)
         self.spool = spool
         self.tokens = DownloadTokens()
         #: ``False`` in the distributed mode: ``veil worker`` processes run the tasks
@@ -168,7 +167,7 @@ class JobManager:
             from veil.server.videojobs import video_runner
 
             video = video_runner(self.spool)
-        return TaskContext(anonymize=self.pipeline, complete=self.complete, ttl=self.config.ttl, video=video)
+        return TaskContext(anonymize=self.pipeline, complete=self.complete, ttl=hold_ttl(self.config.ttl), video=video)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -245,14 +244,12 @@ class JobManager:
 
     # -- create ----------------------------------------------------------------------------
     def _check_room(self, uploads: Sequence[Upload]) -> None:
-        videos = [u for u in uploads if u.spool is not None]
-        if videos and self.spool is None:
-            raise Unsupported("this server runs distributed (Redis): it takes photos only; send videos to an "
-                              "embedded veil serve")  # fmt: skip
-        incoming = sum(u.spool.size for u in videos)
-        # the uploads are on disk already; their results will be about as large
-        if incoming and self.spool.bytes_on_disk + incoming > self.config.limits.max_spool_bytes:
+        incoming = sum(u.spool.size for u in uploads if u.spool is not None)
+        # the uploads are spooled already; their results will be about as large
+        if incoming and self.runs_tasks and self.spool.bytes_on_disk + incoming > self.config.limits.max_spool_bytes:
             raise Busy("the server holds too many videos right now; retry later", retry_after=60)
+        if incoming and not self.runs_tasks and self.held_bytes + 2 * incoming > self.config.limits.max_spool_bytes:
+            raise Busy("the job store holds too many videos right now; retry later", retry_after=60)
         incoming = sum(len(u.data) for u in uploads)
         # Results are about as large as originals: reserve room for both.
         if self.held_bytes + 2 * incoming > self.config.limits.max_held_bytes:
@@ -293,10 +290,11 @@ class JobManager:
         )  # fmt: skip
         try:
             for i, u in enumerate(uploads):
-                self.blobs.put(blob_key(job.id, "in", i), u.spool if u.spool is not None else u.data, self.config.ttl)
+                self.blobs.put(blob_key(job.id, "in", i), u.spool if u.spool is not None else u.data,
+                               hold_ttl(self.config.ttl))  # fmt: skip
             stems = [safe_stem(u.filename) for u in uploads]
             if any(stems):  # original names live with the blobs (memory), never in the records
-                self.blobs.put(blob_key(job.id, "names"), json.dumps(stems).encode(), self.config.ttl)
+                self.blobs.put(blob_key(job.id, "names"), json.dumps(stems).encode(), hold_ttl(self.config.ttl))
             self.repo.create(job)
             self.queue.submit([Task(job.id, i, im.kind) for i, im in enumerate(job.images)])
         except QueueFull as exc:

@@ -101,7 +101,6 @@ _SERVICE_STATUS: dict[str, tuple[int, str]] = {
     "QuotaExceeded": (429, "quota-exceeded"),
     "Busy": (503, "server-busy"),
     "Unavailable": (503, "unavailable"),
-    "Unsupported": (415, "unsupported-media-type"),
 }
 
 

@@ -9,6 +9,7 @@ so claims and settlements from many workers are atomic.
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import time
@@ -169,8 +170,66 @@ class RedisJobRepository:
         return []  # shared: no job dies with an API node
 
 
+#: a blob that is a stream (a video) is stored in pieces of this size
+CHUNK = 4 * 1024 * 1024
+_CHUNKED = b"veil-chunked:"
+
+
+class ChunkedBlob(io.RawIOBase):
+    """A video held in Redis pieces, read like a file (PyAV seeks in it) or by position
+    (the ranged download): one piece is fetched at a time, never the whole video."""
+
+    def __init__(self, r: Any, key: str, size: int, chunks: int):
+        super().__init__()
+        self.r, self.key, self.size, self.chunks = r, key, int(size), int(chunks)
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def _piece(self, i: int) -> bytes:
+        if self._cached is None or self._cached[0] != i:
+            data = self.r.get(f"{self.key}#{i}")
+            if data is None:
+                raise OSError("the video is no longer held (it expired or was deleted)")
+            self._cached = (i, data)
+        return self._cached[1]
+
+    def pread(self, offset: int, n: int) -> bytes:
+        out = bytearray()
+        end = min(self.size, offset + n)
+        while offset < end:
+            i, at = divmod(offset, CHUNK)
+            piece = self._piece(i)[at:at + (end - offset)]
+            if not piece:
+                break
+            out += piece
+            offset += len(piece)
+        return bytes(out)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        data = self.pread(self._pos, len(b))
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 class RedisBlobStore:
-    """Blobs in Redis: ``veil:blob:<job>/<what>/<i>...`` with a TTL, indexed per job."""
+    """Blobs in Redis: ``veil:blob:<job>/<what>/<i>...`` with a TTL, indexed per job.
+    Bytes are one value; a stream (a video's spool file: anything with ``size`` and
+    ``pread``) is copied in pieces of :data:`CHUNK` and the local file shredded."""
 
     def __init__(self, r: Any):
         self.r = r
@@ -184,40 +243,70 @@ class RedisBlobStore:
         return f"{PREFIX}blobs:{job_id}"
 
     def put(self, key: str, value: Any, ttl: float) -> None:
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise TypeError("the Redis blob store holds bytes only")
         job = key.split("/", 1)[0]
+        rkey = self._key(key)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            head = bytes(value)
+        elif hasattr(value, "pread") and hasattr(value, "size"):
+            size = int(value.size)
+            chunks = (size + CHUNK - 1) // CHUNK
+            for i in range(chunks):  # one piece in memory at a time
+                self.r.set(f"{rkey}#{i}", value.pread(i * CHUNK, CHUNK), px=_ms(ttl))
+            head = _CHUNKED + json.dumps({"size": size, "chunks": chunks}).encode()
+            shred = getattr(value, "shred", None)
+            if callable(shred):  # the local (encrypted) copy is not needed any more
+                shred()
+        else:
+            raise TypeError("the Redis blob store holds bytes or spool files")
         p = self.r.pipeline()
-        p.set(self._key(key), bytes(value), px=_ms(ttl))
+        p.set(rkey, head, px=_ms(ttl))
         p.sadd(self._index(job), key)
         p.pexpire(self._index(job), _ms(ttl + _GRACE))
         p.execute()
 
+    def _open(self, key: str, head: Any) -> Any:
+        if head is not None and head.startswith(_CHUNKED):
+            meta = json.loads(head[len(_CHUNKED):])
+            return ChunkedBlob(self.r, self._key(key), meta["size"], meta["chunks"])
+        return head
+
+    def _pieces(self, key: str, head: Any) -> list[str]:
+        if head is not None and head.startswith(_CHUNKED):
+            n = json.loads(head[len(_CHUNKED):])["chunks"]
+            return [f"{self._key(key)}#{i}" for i in range(n)]
+        return []
+
     def get(self, key: str) -> Any | None:
-        return self.r.get(self._key(key))
+        return self._open(key, self.r.get(self._key(key)))
 
     def take(self, key: str) -> Any | None:
-        return self.r.getdel(self._key(key))
+        return self._open(key, self.r.getdel(self._key(key)))
 
     def delete(self, *keys: str) -> None:
-        if keys:
-            self.r.delete(*[self._key(k) for k in keys])
+        if not keys:
+            return
+        heads = self.r.mget([self._key(k) for k in keys])
+        doomed = [self._key(k) for k in keys]
+        for k, head in zip(keys, heads):
+            doomed += self._pieces(k, head)
+        self.r.delete(*doomed)
 
     def _members(self, job_id: str) -> list[str]:
         return [m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(self._index(job_id))]
 
     def delete_job(self, job_id: str) -> None:
         members = self._members(job_id)
-        p = self.r.pipeline()
         if members:
-            p.delete(*[self._key(m) for m in members])
-        p.delete(self._index(job_id))
-        p.execute()
+            self.delete(*members)
+        self.r.delete(self._index(job_id))
 
     def expire_job(self, job_id: str, ttl: float) -> None:
+        members = self._members(job_id)
+        heads = self.r.mget([self._key(m) for m in members]) if members else []
         p = self.r.pipeline()
-        for m in self._members(job_id):
-            p.pexpire(self._key(m), _ms(ttl))
+        for m, head in zip(members, heads):
+            for k in [self._key(m)] + self._pieces(m, head):
+                p.pexpire(k, _ms(ttl))
         p.pexpire(self._index(job_id), _ms(ttl + _GRACE))
         p.execute()
 

@@ -62,7 +62,7 @@ class TaskContext:
     anonymize: Callable[..., Any]
     #: called with the job id by the task that settles its last image
     complete: Callable[[str], None]
-    #: seconds an upload or a result lives in the blob store while the job runs
+    #: seconds a result lives in the blob store while its job runs (:func:`~veil.server.blobs.hold_ttl`)
     ttl: float
     #: attempts before an image that keeps crashing its worker is failed
     max_attempts: int = 1
@@ -140,11 +140,15 @@ def run_task(task: Task, blobs: BlobStore, repo: JobRepository, anonymize: Calla
 
 def _run_video(task: Task, blobs: BlobStore, repo: JobRepository, ctx: TaskContext, options: Options,
                attempt: int) -> str:
+    """A video: its upload is a spool file (embedded) or Redis pieces (distributed), read
+    in place; the result, written to an encrypted spool file, goes to the blob store. The
+    upload stays until the video is settled, so a re-run after a lost worker finds it."""
     from veil.video import Cancelled
 
     if ctx.video is None:
         return _fail(task, blobs, repo, ctx, "this server cannot process videos")
-    src = blobs.take(blob_key(task.job_id, "in", task.idx))  # the task owns the spool file now
+    in_key = blob_key(task.job_id, "in", task.idx)
+    src = blobs.get(in_key)
     if src is None:
         return _fail(task, blobs, repo, ctx, "the upload is no longer held (it expired, or the server restarted)")
     last = [0.0, 0.0]  # last progress write, last liveness check
@@ -170,26 +174,26 @@ def _run_video(task: Task, blobs: BlobStore, repo: JobRepository, ctx: TaskConte
     try:
         dst, report = ctx.video(src, options, progress, should_stop)
     except Cancelled:
+        blobs.delete(in_key)
         return "skipped"
     except VeilError as exc:
         return _fail(task, blobs, repo, ctx, str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug must not take the worker down
         if should_stop():
+            blobs.delete(in_key)
             return "skipped"
         log.exception("job %s video %d: the video core crashed", task.job_id, task.idx)
         return _fail(task, blobs, repo, ctx, f"internal error ({type(exc).__name__})")
-    finally:
-        shred = getattr(src, "shred", None)
-        if callable(shred):
-            shred()
     from veil.server.videojobs import sha256_of
 
+    digest, size = sha256_of(dst), dst.size
     key = blob_key(task.job_id, "out", task.idx, attempt)
-    blobs.put(key, dst, ctx.ttl)
+    blobs.put(key, dst, ctx.ttl)  # (Redis: copied in pieces, the local spool file shredded)
     done = {"stage": "done", "frames_done": report.frames, "frames_total": report.frames}
     won = _settle(task, repo, ctx, "done", detections=detection_counts(report), content_type=report.content_type,
-                  format=report.extension.lstrip("."), size=dst.size, sha256=sha256_of(dst), result_key=key,
+                  format=report.extension.lstrip("."), size=size, sha256=digest, result_key=key,
                   video=report.to_json(), progress=done)  # fmt: skip
+    blobs.delete(in_key)
     if not won:
         blobs.delete(key)
         return "skipped"

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from veil.server.blobs import BlobStore
+from veil.server.blobs import BlobStore, hold_ttl
 from veil.server.completion import Completion
 from veil.server.config import ServerConfig
 from veil.server.distributed import MAX_ATTEMPTS, TASKS_QUEUE, WEBHOOKS_QUEUE, notify_queued
@@ -153,7 +153,12 @@ def build_context(config: ServerConfig, *, anonymize: Any = None) -> WorkerConte
 
     pipeline = Pipeline(config, anonymize)
     complete = Completion(repo, blobs, audit, config.ttl, secret_for, notify_queued(r))
-    tasks = TaskContext(anonymize=pipeline, complete=complete, ttl=config.ttl, max_attempts=MAX_ATTEMPTS)
+    from veil.server.spool import SpoolDir
+    from veil.server.videojobs import video_runner
+
+    # a video's result is written to an encrypted spool file here, then copied to Redis
+    video = video_runner(SpoolDir(config.data_dir / "spool"))
+    tasks = TaskContext(anonymize=pipeline, complete=complete, ttl=hold_ttl(config.ttl), max_attempts=MAX_ATTEMPTS, video=video)
     return WorkerContext(config, repo, blobs, tasks, secret_for)
 
 
