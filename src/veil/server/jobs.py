@@ -164,7 +164,7 @@ class JobManager:
     def task_context(self) -> TaskContext:
         video = None
         if self.spool is not None:
-            from veil.server.videojobs import video_runner
+            from veil.server.videotasks import video_runner
 
             video = video_runner(self.spool)
         return TaskContext(anonymize=self.pipeline, complete=self.complete, ttl=hold_ttl(self.config.ttl), video=video)

@@ -184,7 +184,7 @@ def _run_video(task: Task, blobs: BlobStore, repo: JobRepository, ctx: TaskConte
             return "skipped"
         log.exception("job %s video %d: the video core crashed", task.job_id, task.idx)
         return _fail(task, blobs, repo, ctx, f"internal error ({type(exc).__name__})")
-    from veil.server.videojobs import sha256_of
+    from veil.server.videotasks import sha256_of
 
     digest, size = sha256_of(dst), dst.size
     key = blob_key(task.job_id, "out", task.idx, attempt)

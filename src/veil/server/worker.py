@@ -154,7 +154,7 @@ def build_context(config: ServerConfig, *, anonymize: Any = None) -> WorkerConte
     pipeline = Pipeline(config, anonymize)
     complete = Completion(repo, blobs, audit, config.ttl, secret_for, notify_queued(r))
     from veil.server.spool import SpoolDir
-    from veil.server.videojobs import video_runner
+    from veil.server.videotasks import video_runner
 
     # a video's result is written to an encrypted spool file here, then copied to Redis
     video = video_runner(SpoolDir(config.data_dir / "spool"))
