@@ -131,6 +131,10 @@ class Engine:
             if p.around_small:
                 cands += [(i, d) for d in self.look_around_small(rgb, p, plan, [d for _, d in cands])]
                 continue
+            if p.vehicles:
+                yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
+                cands += [(i, d) for d in yolo.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache, [d for _, d in cands]), p.floor)]
+                continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         out = vote(cands, plan)
         if plan.evidence_score > 0 and any(d.score < plan.evidence_score for d in out):
@@ -184,18 +188,29 @@ class Engine:
         return boxes, scores
 
     def vehicle_regions(
-        self, rgb: np.ndarray, plan: Plan, size: int, cache: dict[int, NanoDetOutputs] | None = None
+        self,
+        rgb: np.ndarray,
+        plan: Plan,
+        size: int,
+        cache: dict[int, NanoDetOutputs] | None = None,
+        found: Sequence[Detection] = (),
     ) -> list[tuple[tuple[int, int, int, int], float]]:
         """Crops for a second look at plates, as ``(region, scale)``: around each vehicle
         (NanoDet at ``plan.vehicle_size``), zoomed so the vehicle is ``plan.vehicle_px`` tall
         in the model's input, at most to the scale of a whole-photo pass at ``size``;
         vehicles that would gain less than ``plan.vehicle_gain`` over the plan's whole-photo
-        passes are left out. Overlapping crops merge and take their largest zoom."""
+        passes are left out, and so are vehicles already holding a plate of ``found`` (the
+        earlier passes' candidates) that needs no evidence (``plan.evidence_score``): where the
+        whole photo's evidence is strong the crop would find that plate again. Overlapping
+        crops merge and take their largest zoom."""
         h, w = rgb.shape[:2]
         long = max(h, w)
         whole = max((p.size for p in plan.passes if p.size and not (p.tiles or p.vehicles)), default=0) / long
         boxes, scores = self.vehicles(rgb, plan, cache)
         boxes = boxes[scores >= plan.vehicle_score]
+        sure = np.array([d.box for d in found if plan.evidence_score > 0 and d.score >= plan.evidence_score], np.float32).reshape(-1, 4)
+        if len(sure) and len(boxes):
+            boxes = boxes[~holding(boxes, sure, 0.0)]
         zoom = np.minimum(plan.vehicle_px / np.maximum(boxes[:, 3] - boxes[:, 1], 1.0), size / long)
         keep = zoom >= plan.vehicle_gain * whole
         return merge_regions(boxes[keep], w, h, plan.vehicle_margin, zoom[keep])
@@ -215,8 +230,6 @@ class Engine:
                     return []  # too little gain for the cost
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
-            if p.vehicles:
-                return model.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache), p.floor)
             if p.tiles:
                 return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale)
             size = p.size
@@ -263,12 +276,12 @@ def around_small_scale(heights: np.ndarray, p: Pass, plan: Plan, width: int, hei
     return float(min(max(want, p.tile_scale), cap))
 
 
-def holding(tiles: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
-    """Whether each of ``tiles`` (T, 4) holds the centre of one of ``boxes`` (N, 4), its
-    edges grown by ``reach`` pixels."""
+def holding(regions: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
+    """Whether each of ``regions`` (R, 4: tiles, vehicles) holds the centre of one of
+    ``boxes`` (N, 4), its edges grown by ``reach`` pixels."""
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    out = np.zeros(len(tiles), dtype=bool)
-    for k, (x0, y0, x1, y1) in enumerate(tiles):
+    out = np.zeros(len(regions), dtype=bool)
+    for k, (x0, y0, x1, y1) in enumerate(regions):
         out[k] = bool(((x0 - reach <= cx) & (cx <= x1 + reach) & (y0 - reach <= cy) & (cy <= y1 + reach)).any())
     return out
 
