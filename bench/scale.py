@@ -310,7 +310,7 @@ def start_serve(procs: Procs, name: str, extra: list[str]) -> tuple[str, subproc
 def start_worker(procs: Procs, redis_url: str, name: str) -> subprocess.Popen:
     return procs.start(name, [*veil_cmd(), "worker", "--redis", redis_url, "--preset", "fast", "--heartbeat", "3",
                               "--maintenance", "1", "--name", name, "--data-dir", str(procs.work / "workers"),
-                              "--log-level", "warning"])  # fmt: skip
+                              "--log-level", "info"])  # fmt: skip
 
 
 def wait_registered(redis_url: str, workers: list[subprocess.Popen], timeout: float = 300) -> None:
@@ -422,21 +422,24 @@ def run_job(http, photos: list[tuple[str, bytes]], tally: Tally, poll: float, ti
         if body["status"] not in ("queued", "processing"):
             break
     latency = time.monotonic() - t0
-    good = 0
+    bad = []  # why each image that is not done and downloadable is lost (the server's words)
     for im in body["images"]:
         if im["status"] != "done":
+            bad.append(f"image {im['status']}: {im.get('error')}")
             continue
         try:
             g = http.get(f"/api/v1/jobs/{job}/images/{im['index']}")
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            bad.append(f"download: {type(exc).__name__}")
             continue
-        good += g.status_code == 200 and hashlib.sha256(g.content).hexdigest() == im["sha256"]
+        if g.status_code != 200 or hashlib.sha256(g.content).hexdigest() != im["sha256"]:
+            bad.append(f"download: HTTP {g.status_code}" if g.status_code != 200 else "download: sha256 differs")
     try:
         http.delete(f"/api/v1/jobs/{job}")
     except httpx.HTTPError:
         pass
-    ok = body["status"] == "done" and good == n
-    tally.add(n, n - good, latency, None if ok else f"ended {body['status']} with {good} of {n} images")
+    ok = body["status"] == "done" and not bad
+    tally.add(n, len(bad), latency, None if ok else f"job {body['status']}; " + "; ".join(bad))
 
 
 def run_clients(url: str, work: list[list[list[tuple[str, bytes]]]], poll: float, timeout: float) -> tuple[Tally, float]:
@@ -485,12 +488,20 @@ def killer(procs: Procs, redis_url: str, workers: list[subprocess.Popen], every:
 
 
 def redis_section(args) -> bool:
+    import shutil
+
     work = Path(tempfile.mkdtemp(prefix="veil-scale-"))
     procs = Procs(work)
+    ok = False
     try:
-        return _redis_section(args, procs)
+        ok = _redis_section(args, procs)
+        return ok
     finally:
         procs.kill_all()
+        if not ok:  # the processes' logs (no image bytes or file names), to see why
+            keep = Path(tempfile.gettempdir()) / f"veil-logs-scale-{os.getpid()}"
+            shutil.copytree(work, keep, ignore=shutil.ignore_patterns("redis", "workers", "api", "embedded"))
+            print(f"\nthe processes' logs: {keep}", file=sys.stderr)
 
 
 def _redis_section(args, procs: Procs) -> bool:
