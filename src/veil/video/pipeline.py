@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-import numpy as np
-
 from veil.detection.types import Detection
 from veil.errors import VeilError, VideoError
 from veil.imageio import atomic_file
@@ -54,12 +52,11 @@ class Schedule:
     #: ... on every ``between_every``-th frame of the shot (the rest: tracks cover them)
     between_every: int = 1
 
-    def pass_for(self, in_shot: int, last: bool) -> str | None:
-        """Which detectors run on the frame ``in_shot`` frames into its shot (``last``: the
-        shot's last frame): "full", "between", or None (its tracks cover it). The full
-        detectors run on a shot's first and last frames, so every track of the shot is
-        anchored by them at both ends, and every ``every``-th frame counted from the shot's start."""
-        if self.every == 1 or in_shot % self.every == 0 or last:
+    def pass_for(self, in_shot: int) -> str | None:
+        """Which detectors run on the frame ``in_shot`` frames into its shot: "full",
+        "between", or None (its tracks cover it). Counted from each shot's first frame, so
+        every shot starts with the full detectors and has them every ``every`` frames."""
+        if self.every == 1 or in_shot % self.every == 0:
             return "full"
         return "between" if self.between and in_shot % self.between_every == 0 else None
 
@@ -73,12 +70,18 @@ class Schedule:
 
 
 #: Which detectors run on which frames, per preset (``thorough``: all of them on every frame).
+#: Counted from each shot's first frame (every shot starts with the full detectors).
 #: ``fast`` detects on every 2nd frame and lets the tracks cover the frames between.
 #: ``balanced`` runs its full plans (YOLO11m faces...) on every 4th frame and CenterFace
 #: (``fast``'s face plan) on every frame between: on the labelled Ken-Burns clip this finds
 #: more than YOLO11m on every frame (which misses some faces for many frames in a row,
 #: where CenterFace sees them) at under half the cost (bench/video.py). Every object a
 #: full pass finds is hidden from ``every - 1`` frames before (the track's extension).
+#: Measured from cached detections (``python bench/video_replay.py --photos 20 --seed 5``
+#: and ``--photos 30 --seed 11``): the full detectors also on each shot's last frame made
+#: seed 5 worse (CenterFace found faces there YOLO11m did not), and CenterFace on every
+#: 2nd frame between (``between_every=2``, a third of its cost) helped seed 11 (2.8%
+#: against 3.3% of frames with a face visible) but not seed 5 (0.5% against 0.4%): neither kept.
 SCHEDULES: dict[str, Schedule] = {"fast": Schedule(every=2), "balanced": Schedule(every=4, between="fast")}
 
 
@@ -89,7 +92,7 @@ def schedule_passes(sched: Schedule, shots: Sequence[int]) -> list[str | None]:
     for i, s in enumerate(shots):
         if i and s != shots[i - 1]:
             start = i
-        out.append(sched.pass_for(i - start, i + 1 == len(shots) or shots[i + 1] != s))
+        out.append(sched.pass_for(i - start))
     return out
 
 
@@ -183,17 +186,6 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
     times: list[float] = []
     shot = 0
     start = 0  # first frame of the current shot
-
-    def run(rgb: np.ndarray, k: int, last: bool) -> list[Detection] | None:
-        kind = sched.pass_for(k, last)
-        if kind == "full":
-            return wanted_detections(engine.detect(rgb, targets=options.targets), options)
-        if kind == "between" and light is not None and light_targets:
-            return wanted_detections(light.detect(rgb, targets=light_targets), options)
-        return None
-
-    # one frame of look-ahead: whether a frame is its shot's last is known from the next one
-    held: tuple[np.ndarray, int] | None = None
     try:
         for i, frame in enumerate(iter_frames(container)):
             if i == 0:
@@ -203,31 +195,27 @@ def detect_video(src: str | BinaryIO, options: Options, *, engine: Any = None, p
                     raise VideoError(f"frames of {frame.width}x{frame.height} exceed veil's limit of "
                                      f"{MAX_FRAME_PIXELS // 1_000_000} MP per frame")  # fmt: skip
             rgb = upright(frame, info.rotation, stored)
-            cut = cuts.is_cut(rgb)
-            if held is not None:
-                frames.append(run(*held, last=cut))
-                _progress(progress, should_stop, i, info.frames)
-            if cut:
+            if cuts.is_cut(rgb):
                 shot, start = shot + 1, i
             shots.append(shot)
             times.append(float(frame.time) if frame.time is not None else i / (info.fps or 25.0))
-            held = (rgb, i - start)
-        if held is not None:
-            frames.append(run(*held, last=True))
-            _progress(progress, should_stop, len(frames), info.frames)
+            kind = sched.pass_for(i - start)
+            if kind == "full":
+                frames.append(wanted_detections(engine.detect(rgb, targets=options.targets), options))
+            elif kind == "between" and light is not None and light_targets:
+                frames.append(wanted_detections(light.detect(rgb, targets=light_targets), options))
+            else:
+                frames.append(None)
+            if progress is not None:
+                progress("detect", i + 1, max(info.frames, i + 1))
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled")
     finally:
         container.close()
     if not frames:
         raise VideoError("the video has no frames that can be decoded")
     check_complete(info, len(frames), times[0], times[-1])
     return info, frames, shots, times
-
-
-def _progress(progress: Progress | None, should_stop: Callable[[], bool] | None, done: int, total: int) -> None:
-    if progress is not None:
-        progress("detect", done, max(total, done))
-    if should_stop is not None and should_stop():
-        raise Cancelled("cancelled")
 
 
 def anonymize_video(src: str | Path | BinaryIO, dst: str | Path | BinaryIO | None, options: Options, *,
