@@ -58,7 +58,8 @@ def cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     redis = RedisServer(base / "redis", password="s3cret-pass").start()
     data = base / "data"
-    nodes = [start_server(ServerConfig(data_dir=data / f"api{i}", redis_url=redis.url, ttl=600)) for i in (1, 2)]
+    # one data dir: the two nodes share its keys (several machines would share --database)
+    nodes = [start_server(ServerConfig(data_dir=data / "api", redis_url=redis.url, ttl=600)) for _ in (1, 2)]
     workers = {n: _start_worker(redis.url, data / "worker", n) for n in ("w1", "w2")}
     yield {"redis": redis, "nodes": nodes, "workers": workers, "data": data}
     for w in workers.values():
@@ -95,7 +96,12 @@ def test_two_api_nodes_share_jobs_and_webhooks_are_queued(cluster, photos):
             assert cb.get(link).status_code == 200  # a link of node A downloads from node B
             assert receiver.event.wait(60), "the queued webhook never arrived"
             assert receiver.json()["job"]["id"] == job and receiver.json()["event"] == "job.done"
-            assert "x-veil-signature" in receiver.requests[0]["headers"]
+            from veil.server.redis_store import connect, shared_secret
+            from veil.signing import sign
+
+            head = receiver.requests[0]["headers"]  # signed with the secret every node shares
+            secret = shared_secret(connect(cluster["redis"].url), "webhook")
+            assert head["x-veil-signature"] == sign(secret, head["x-veil-timestamp"], receiver.requests[0]["body"])
             deadline = time.monotonic() + 30
             while cb.get(f"/api/v1/jobs/{job}").json()["webhook"]["status"] != "delivered":
                 assert time.monotonic() < deadline
@@ -255,3 +261,23 @@ def test_redis_down_gives_503_with_retry_after_and_recovers(tmp_path, photos):
     finally:
         srv.stop()
         redis.stop()
+
+
+def test_a_keys_limit_of_unfinished_jobs_holds_across_nodes_at_once(cluster, photos):
+    """Six jobs at once from a key allowed one unfinished job, half to each node: one is
+    taken, five get 429 (the slot is taken atomically in Redis). Last in this module: once
+    a key exists, the nodes require keys."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = cluster["nodes"]
+    created = a.state.keys.create("limited", max_concurrent=1)
+    files = _photos_files(photos, 6)  # a job that takes seconds: it is unfinished while the others arrive
+
+    def post(i: int) -> int:
+        node = (a, b)[i % 2]
+        with node.client(Authorization=f"Bearer {created.token}") as c:
+            return c.post("/api/v1/jobs", files=files, data={"options": json.dumps({"preset": "balanced"})}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(post, range(6)))
+    assert codes == [202, 429, 429, 429, 429, 429], codes

@@ -20,7 +20,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="VEIL_SERVER_DATA_DIR",
                                             help="SQLite db and secrets (default $VEIL_HOME/server or "
                                                  "~/.local/share/veil/server)."),
-    ttl: Optional[float] = typer.Option(None, "--ttl", help="Seconds results are kept after a job ends [3600]."),
+    ttl: Optional[float] = typer.Option(None, "--ttl", min=1, help="Seconds results are kept after a job ends [3600]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker threads running the pipeline."),
     queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Waiting jobs before 503 [64]."),
     require_keys: Optional[bool] = typer.Option(None, "--require-keys/--no-require-keys",
@@ -41,7 +41,7 @@ def serve(
     redis: Optional[str] = typer.Option(None, "--redis", envvar="VEIL_REDIS_URL", show_envvar=True,
                                         help="Distributed mode: job records, uploads and results in this Redis "
                                              "(redis://[:PASSWORD@]HOST:PORT/DB or rediss://), tasks run by "
-                                             "'veil worker' processes. Photos only."),
+                                             "'veil worker' processes (--workers is then unused)."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve the API at http://HOST:PORT/api/v1 (OpenAPI docs at /docs)."""
@@ -73,6 +73,10 @@ def serve(
         from veil.server.redis_store import check_reachable
 
         check_reachable(config.redis_url)
+        from veil.server.redis_store import persistence_warning
+
+        if warning := persistence_warning(config.redis_url):
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     app = create_app(config)
     state = app.state.veil
     mode = "API key required" if state.auth_required() else "open local mode (no key needed)"

@@ -22,7 +22,7 @@ def worker(
                                             help="Where the SQLite database lives when --database is not given."),
     preset: str = typer.Option("balanced", "--preset",
                                help="Load this preset's models at start (fast, balanced, thorough; 'none' to skip)."),
-    ttl: Optional[float] = typer.Option(None, "--ttl", help="Seconds results are kept after a job ends [3600]; "
+    ttl: Optional[float] = typer.Option(None, "--ttl", min=1, help="Seconds results are kept after a job ends [3600]; "
                                                              "the same as the API nodes'."),
     heartbeat: float = typer.Option(10.0, "--heartbeat", min=2,
                                     help="Seconds after which a silent (killed) worker's task is run again."),
@@ -46,6 +46,10 @@ def worker(
                                    allow_private_webhooks=allow_private_webhooks or None)  # fmt: skip
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_reachable(redis)
+    from veil.server.redis_store import persistence_warning
+
+    if warning := persistence_warning(redis):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     err_console.print(f"veil worker on Redis {describe(redis)}  ·  warming up preset {preset}", highlight=False)
     run_worker(config, name=name, heartbeat=heartbeat, maintenance=maintenance, burst=burst,
                preset=None if preset == "none" else preset)  # fmt: skip

@@ -4,7 +4,7 @@ Blobs are keyed ``<job id>/<what>/<index>[/<attempt>]`` (:func:`blob_key`), so e
 blob of a job can be dropped at once and a re-run of a task writes beside, never over,
 the result of an earlier attempt. Two homes: :class:`MemoryBlobStore` (the embedded
 mode: the API process's memory; a video's value is its encrypted spool file) and
-:class:`veil.server.redis_blobs.RedisBlobStore` (the distributed mode).
+:class:`veil.server.redis_store.RedisBlobStore` (the distributed mode).
 """
 
 from __future__ import annotations
@@ -121,11 +121,11 @@ class MemoryBlobStore:
         self.delete(*keys)
 
     def expire_job(self, job_id: str, ttl: float) -> None:
-        until = time.time() + ttl
+        now = time.time()
         with self._lock:
-            for k, (v, _) in list(self._items.items()):
-                if _job_of(k) == job_id:
-                    self._items[k] = (v, until)
+            for k, (v, was) in list(self._items.items()):
+                if _job_of(k) == job_id and was > now:  # an expired blob is not revived
+                    self._items[k] = (v, now + ttl)
 
     def held_bytes(self) -> int:
         with self._lock:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from veil.server.audit import AuditLog, sum_counts
 from veil.server.blobs import BlobStore
 from veil.server.keys import iso
+from veil.server.records import ACTIVE
 from veil.server.repository import JobRepository
 
 API = "/api/v1"
@@ -24,7 +25,7 @@ def job_links(job_id: str, n: int, base: str = "") -> dict[str, Any]:
     return {"self": root, "archive": f"{root}/archive", "images": [f"{root}/images/{i}" for i in range(n)]}
 
 
-#: ``notify(url, event, payload, secret, job_id)`` sends a webhook (never blocks for long)
+#: ``notify(url, event, payload, secret, job_id, key_id)`` sends a webhook (never blocks for long)
 Notify = Callable[[str, str, dict[str, Any], str, str], Any]
 
 
@@ -40,8 +41,8 @@ class Completion:
 
     def __call__(self, job_id: str) -> None:
         job = self.repo.get(job_id)
-        if job is None:
-            return
+        if job is None or job.status not in ACTIVE or any(i.status in ACTIVE for i in job.images):
+            return  # gone, finished already, or not all settled
         images = job.images
         done = [i for i in images if i.status == "done"]
         failed = [i for i in images if i.status == "failed"]
@@ -52,12 +53,11 @@ class Completion:
         now = time.time()
         ttl = (job.expires_at - job.created) or self.ttl  # the TTL of the API node that took the job
         counts = sum_counts(i.detections or {} for i in done)
-        # audited first: whoever sees the job finished finds its audit record
+        if not self.repo.finish(job_id, status, error, now, now + ttl):
+            return  # deleted meanwhile, or another caller finished it: it audits, once
+        self.blobs.expire_job(job_id, ttl)
         self.audit.record("job", key_id=job.key_id, job_id=job_id, status=status, image_count=len(images),
                           options=job.options, detections=counts, outputs=[i.sha256 for i in done])  # fmt: skip
-        if not self.repo.finish(job_id, status, error, now, now + ttl):
-            return  # deleted meanwhile
-        self.blobs.expire_job(job_id, ttl)
         if not job.callback_url:
             return
         payload = {
@@ -67,4 +67,4 @@ class Completion:
             "links": job_links(job_id, len(images), base=job.base_url.rstrip("/")),
         }
         self.repo.set_webhook(job_id, "pending")
-        self.notify(job.callback_url, f"job.{status}", payload, self.secret_for(job.key_id), job_id)
+        self.notify(job.callback_url, f"job.{status}", payload, self.secret_for(job.key_id), job_id, job.key_id)

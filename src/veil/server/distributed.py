@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from veil.server.blobs import hold_ttl
 from veil.server.config import ServerConfig
 from veil.server.queue import QueueFull, Task
 
@@ -38,13 +39,15 @@ def _require_rq() -> None:
 class RqTaskQueue:
     """Tasks on an RQ queue in Redis; ``veil worker`` processes run them."""
 
-    def __init__(self, r: Any, *, capacity_tasks: int, job_timeout: int = 3600):
+    def __init__(self, r: Any, *, capacity_tasks: int, job_timeout: int = 3600, hold: float = 7260.0):
         from rq import Queue
 
         self.r = r
         self.queue = Queue(TASKS_QUEUE, connection=r)
         self.capacity_tasks = int(capacity_tasks)
         self.job_timeout = int(job_timeout)
+        #: a task not started within this many seconds is dropped (its job's blobs are gone by then)
+        self.hold = hold
 
     def start(self, handler: Callable[[Task], None]) -> None:
         pass  # the workers are other processes
@@ -59,8 +62,8 @@ class RqTaskQueue:
             raise QueueFull(self.retry_after())
         jobs = [
             Queue.prepare_data("veil.server.worker.run_image_task", args=(t.to_json(),), job_id=f"{t.job_id}-t{t.idx}",
-                               timeout=self.job_timeout, result_ttl=60, failure_ttl=3600,
-                               retry=Retry(max=MAX_ATTEMPTS),
+                               timeout=self.job_timeout * (6 if t.kind == "video" else 1), result_ttl=60, failure_ttl=3600,
+                               retry=Retry(max=MAX_ATTEMPTS), ttl=int(self.hold),
                                on_failure=Callback("veil.server.worker.task_given_up"))  # fmt: skip
             for t in tasks
         ]
@@ -90,9 +93,9 @@ def notify_queued(r: Any) -> Callable[..., Any]:
 
     queue = Queue(WEBHOOKS_QUEUE, connection=r)
 
-    def notify(url: str, event: str, payload: dict[str, Any], secret: str, job_id: str) -> str:
+    def notify(url: str, event: str, payload: dict[str, Any], secret: str, job_id: str, key_id: str | None = None) -> str:
         delivery = "dlv_" + secrets.token_hex(8)
-        queue.enqueue("veil.server.worker.deliver_webhook", url, event, payload, job_id, delivery,
+        queue.enqueue("veil.server.worker.deliver_webhook", url, event, payload, job_id, delivery, key_id,
                       job_id=f"{job_id}-webhook", result_ttl=60, failure_ttl=3600,
                       retry=Retry(max=len(WEBHOOK_INTERVALS), interval=WEBHOOK_INTERVALS),
                       on_failure=Callback("veil.server.worker.webhook_given_up"))  # fmt: skip
@@ -118,5 +121,5 @@ def distributed_parts(config: ServerConfig) -> DistributedParts:
 
     r = connect(config.redis_url or "")
     capacity = config.queue_size * config.limits.max_images_per_job
-    return DistributedParts(RedisJobRepository(r), RedisBlobStore(r), RqTaskQueue(r, capacity_tasks=capacity),
+    return DistributedParts(RedisJobRepository(r), RedisBlobStore(r), RqTaskQueue(r, capacity_tasks=capacity, hold=hold_ttl(config.ttl)),
                             notify_queued(r), lambda name: shared_secret(r, name))  # fmt: skip

@@ -38,7 +38,6 @@ from veil.server.errors import (
     NotFound,
     NotReady,
     QuotaExceeded,
-    TooManyJobs,
     Unavailable,
     )
 from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, seconds_to_utc_midnight, utc_day
@@ -152,10 +151,14 @@ class JobManager:
         self._sync_slots = threading.BoundedSemaphore(config.effective_sync_concurrency)
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
-        self.complete = Completion(repo, blobs, audit, config.ttl, self.secret_for, notify or self.webhooks.send)
+        self.complete = Completion(repo, blobs, audit, config.ttl, self.secret_for, notify or self._send_webhook)
 
     #: the webhook secret of jobs without a key (``None``: this data dir's own)
     anonymous_secret: str | None = None
+
+    def _send_webhook(self, url: str, event: str, payload: dict[str, Any], secret: str, job_id: str,
+                      key_id: str | None = None) -> str:  # fmt: skip
+        return self.webhooks.send(url, event, payload, secret, job_id=job_id)
 
     def secret_for(self, key_id: str | None) -> str:
         key = self.keys.get(key_id) if key_id else None
@@ -167,7 +170,7 @@ class JobManager:
             from veil.server.videotasks import video_runner
 
             video = video_runner(self.spool)
-        return TaskContext(anonymize=self.pipeline, complete=self.complete, ttl=hold_ttl(self.config.ttl), video=video)
+        return TaskContext(anonymize=self.pipeline, complete=self.complete, ttl=self.config.ttl, video=video)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -257,10 +260,6 @@ class JobManager:
                        retry_after=self.queue.retry_after())  # fmt: skip
 
     def _charge(self, key: ApiKey, n: int) -> None:
-        limit = key.max_concurrent or self.config.limits.max_concurrent_jobs_per_key
-        active = self.repo.active_count(key.id)
-        if active >= limit:
-            raise TooManyJobs(f"this key already has {active} unfinished job(s); the limit is {limit}", retry_after=5)
         with self.keys.store.transaction() as conn:
             left = quota_left(conn, key)
             if left is not None and n > left:
@@ -279,8 +278,6 @@ class JobManager:
         self._check_room(uploads)
         n = len(uploads)
         key = principal.key
-        if key is not None:
-            self._charge(key, n)
         now = time.time()
         job = JobRecord(
             id="j_" + secrets.token_urlsafe(16), key_id=principal.key_id, n_images=n, options=options.to_json(),
@@ -288,24 +285,35 @@ class JobManager:
             delete_after_download=delete_after_download, base_url=base_url.rstrip("/"),
             images=[ImageRecord(i, kind="video" if u.spool is not None else "image") for i, u in enumerate(uploads)],
         )  # fmt: skip
+        # the record first: it takes the key's slot for an unfinished job atomically
+        limit = (key.max_concurrent or self.config.limits.max_concurrent_jobs_per_key) if key else None
+        self.repo.create(job, max_active=limit)
         try:
-            for i, u in enumerate(uploads):
-                self.blobs.put(blob_key(job.id, "in", i), u.spool if u.spool is not None else u.data,
-                               hold_ttl(self.config.ttl))  # fmt: skip
-            stems = [safe_stem(u.filename) for u in uploads]
-            if any(stems):  # original names live with the blobs (memory), never in the records
-                self.blobs.put(blob_key(job.id, "names"), json.dumps(stems).encode(), hold_ttl(self.config.ttl))
-            self.repo.create(job)
-            self.queue.submit([Task(job.id, i, im.kind) for i, im in enumerate(job.images)])
-        except QueueFull as exc:
-            self._forget(job.id)
-            self._refund(key, n)
-            raise Busy("the job queue is full; retry later", retry_after=exc.retry_after, slug="queue-full") from None
+            if key is not None:
+                self._charge(key, n)
         except BaseException:
             self._forget(job.id)
-            self._refund(key, n)
             raise
-        return self.status(job.id, principal)
+        hold = hold_ttl(self.config.ttl)
+        try:
+            for i, u in enumerate(uploads):
+                self.blobs.put(blob_key(job.id, "in", i), u.spool if u.spool is not None else u.data, hold)
+            stems = [safe_stem(u.filename) for u in uploads]
+            if any(stems):  # original names live with the blobs (memory), never in the records
+                self.blobs.put(blob_key(job.id, "names"), json.dumps(stems).encode(), hold)
+            self.queue.submit([Task(job.id, i, im.kind) for i, im in enumerate(job.images)])
+        except BaseException as exc:
+            try:  # each step on its own: the refund must not depend on the store being up
+                self._refund(key, n)
+            finally:
+                try:
+                    self._forget(job.id)
+                except Exception:  # noqa: BLE001 - its records and blobs expire by themselves
+                    log.warning("could not drop a job that failed to start (%s)", type(exc).__name__)
+            if isinstance(exc, QueueFull):
+                raise Busy("the job queue is full; retry later", retry_after=exc.retry_after, slug="queue-full") from None
+            raise
+        return self._body(job)
 
     def webhook_result(self, job_id: str, status: str, attempts: int) -> None:
         self.repo.set_webhook(job_id, status, attempts)
@@ -330,7 +338,10 @@ class JobManager:
         return json.loads(raw) if raw else []
 
     def status(self, job_id: str, principal: Principal) -> dict[str, Any]:
-        job = self._job(job_id, principal)
+        return self._body(self._job(job_id, principal))
+
+    def _body(self, job: JobRecord) -> dict[str, Any]:
+        job_id = job.id
         out_images = []
         for im in job.images:
             entry: dict[str, Any] = {"index": im.idx, "status": im.status, "detections": im.detections,

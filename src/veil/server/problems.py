@@ -133,18 +133,15 @@ def install(app: FastAPI) -> None:
                        headers={"Retry-After": "5"}).response()
 
     try:  # the distributed mode's backend; its outage is a 503, never a 500 or a hang
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
+        from redis.exceptions import RedisError
     except ImportError:  # the embedded mode needs no redis package
         pass
     else:
 
-        @app.exception_handler(RedisConnectionError)
+        @app.exception_handler(RedisError)
         async def _redis_down(_: Request, exc: Exception):  # noqa: ANN202
-            return backend_down_problem().response()
-
-        @app.exception_handler(RedisTimeoutError)
-        async def _redis_slow(_: Request, exc: Exception):  # noqa: ANN202
+            # only the class is logged: redis's messages may quote a command's arguments
+            log.warning("Redis call failed: %s", type(exc).__name__)
             return backend_down_problem().response()
 
     @app.exception_handler(Problem)

@@ -4,7 +4,7 @@ A backend is given a *handler* (``handler(task)`` runs one task, see
 :func:`veil.server.runner.run_task`) and receives the tasks of a job through
 :meth:`TaskQueue.submit`. The embedded :class:`ThreadTaskQueue` runs handlers in worker
 threads (onnxruntime releases the GIL during inference) and holds at most ``maxsize``
-waiting *jobs*; the distributed one (:class:`veil.server.rq_queue.RqTaskQueue`) puts
+waiting *jobs*; the distributed one (:class:`veil.server.distributed.RqTaskQueue`) puts
 tasks on RQ queues that ``veil worker`` processes serve.
 """
 

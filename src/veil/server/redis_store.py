@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any, Callable
 
+from veil.server.errors import Busy, TooManyJobs, Unavailable
 from veil.server.records import ACTIVE, ImageRecord, JobRecord
 
 PREFIX = "veil:"
@@ -22,12 +23,15 @@ PREFIX = "veil:"
 _GRACE = 60.0
 
 
-def connect(url: str) -> Any:
+def connect(url: str, *, timeout: float = 3.0) -> Any:
     """A Redis client for ``redis://``/``rediss://`` URLs (password in the URL) whose
-    calls fail within seconds when Redis is down, instead of hanging."""
+    calls fail within seconds when Redis is down or frozen, instead of hanging (one retry)."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=15)
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(3.0, timeout),
+                                health_check_interval=15, retry=Retry(NoBackoff(), 1))  # fmt: skip
 
 
 def shared_secret(r: Any, name: str) -> str:
@@ -73,32 +77,36 @@ class RedisJobRepository:
         self.r.transaction(txn, key)
         return out[0], out[1]
 
-    def create(self, job: JobRecord) -> None:
-        p = self.r.pipeline()
-        # an active record lives twice its TTL at most: its uploads expire after one
-        p.set(self._key(job.id), json.dumps(job.to_json()), px=_ms(2 * (job.expires_at - job.created) + _GRACE))
-        if job.key_id:
-            p.sadd(f"{PREFIX}key-jobs:{job.key_id}", job.id)
-        p.execute()
+    def create(self, job: JobRecord, max_active: int | None = None) -> None:
+        hold = _ms(2 * (job.expires_at - job.created) + _GRACE)  # refreshed at each claim
+        if not job.key_id:
+            self.r.set(self._key(job.id), json.dumps(job.to_json()), px=hold)
+            return
+        members_key = f"{PREFIX}key-jobs:{job.key_id}"
+
+        def txn(pipe: Any) -> None:  # WATCHes the key's set: two creates cannot both take the last slot
+            if max_active:
+                active = self._active(pipe, job.key_id)
+                if active >= max_active:
+                    raise TooManyJobs(f"this key already has {active} unfinished job(s); the limit is {max_active}",
+                                      retry_after=5)  # fmt: skip
+            pipe.multi()
+            pipe.set(self._key(job.id), json.dumps(job.to_json()), px=hold)
+            pipe.sadd(members_key, job.id)
+            pipe.pexpire(members_key, hold)
+
+        self.r.transaction(txn, members_key)
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._load(self.r.get(self._key(job_id)))
 
+    def _active(self, r: Any, key_id: str) -> int:
+        members = [m.decode() if isinstance(m, bytes) else m for m in r.smembers(f"{PREFIX}key-jobs:{key_id}")]
+        raws = r.mget([self._key(m) for m in members]) if members else []
+        return sum(1 for raw in raws if (job := self._load(raw)) is not None and job.status in ACTIVE)
+
     def active_count(self, key_id: str) -> int:
-        members = [m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(f"{PREFIX}key-jobs:{key_id}")]
-        if not members:
-            return 0
-        raws = self.r.mget([self._key(m) for m in members])
-        active, stale = 0, []
-        for m, raw in zip(members, raws):
-            job = self._load(raw)
-            if job is not None and job.status in ACTIVE:
-                active += 1
-            else:
-                stale.append(m)
-        if stale:
-            self.r.srem(f"{PREFIX}key-jobs:{key_id}", *stale)
-        return active
+        return self._active(self.r, key_id)
 
     def claim(self, job_id: str, idx: int) -> ImageRecord | None:
         def change(job: JobRecord) -> ImageRecord | None:
@@ -110,7 +118,12 @@ class RedisJobRepository:
                 job.status, job.started = "processing", job.started or time.time()
             return ImageRecord.from_json(im.to_json())
 
-        return self._update(job_id, change)[1]
+        found, claimed = self._update(job_id, change)
+        if claimed is not None:  # a running job's record lives on
+            job = self.get(job_id)
+            if job is not None:
+                self.r.pexpire(self._key(job_id), _ms(2 * (job.expires_at - job.created) + _GRACE))
+        return claimed
 
     def set_progress(self, job_id: str, idx: int, progress: dict[str, Any]) -> None:
         def change(job: JobRecord) -> None:
@@ -144,13 +157,16 @@ class RedisJobRepository:
         return result if found else (False, None)
 
     def finish(self, job_id: str, status: str, error: str | None, finished: float, expires_at: float) -> bool:
-        def change(job: JobRecord) -> None:
+        def change(job: JobRecord) -> bool:
+            if job.status not in ACTIVE:
+                return False
             job.status, job.error, job.finished, job.expires_at = status, error, finished, expires_at
+            return True
 
-        found, _ = self._update(job_id, change)
-        if found:
+        found, won = self._update(job_id, change)
+        if found and won:
             self.r.pexpire(self._key(job_id), _ms(expires_at - time.time() + _GRACE))
-        return found
+        return bool(found and won)
 
     def set_webhook(self, job_id: str, status: str, attempts: int | None = None) -> None:
         def change(job: JobRecord) -> None:
@@ -243,6 +259,18 @@ class RedisBlobStore:
         return f"{PREFIX}blobs:{job_id}"
 
     def put(self, key: str, value: Any, ttl: float) -> None:
+        import redis
+
+        try:
+            self._put(key, value, ttl)
+        except redis.exceptions.OutOfMemoryError:
+            # never re-raise redis's own message: it quotes the command, image bytes included
+            raise Busy("the job store (Redis) is full right now; retry later", retry_after=30) from None
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable(f"the job store (Redis) refused the upload ({type(exc).__name__}); retry later",
+                              retry_after=5) from None
+
+    def _put(self, key: str, value: Any, ttl: float) -> None:
         job = key.split("/", 1)[0]
         rkey = self._key(key)
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -341,3 +369,18 @@ def check_reachable(url: str) -> None:
         raise VeilError(f"Redis at {describe(url)} refused the password") from None
     except redis.exceptions.RedisError as exc:
         raise VeilError(f"cannot reach Redis at {describe(url)}: {type(exc).__name__}") from None
+
+
+def persistence_warning(url: str) -> str | None:
+    """A warning when this Redis writes its memory to disk (RDB snapshots or AOF), where
+    uploads and results would then land; ``None`` when it does not, or cannot tell."""
+    try:
+        r = connect(url)
+        save = r.config_get("save").get("save", "")
+        aof = r.config_get("appendonly").get("appendonly", "no")
+    except Exception:  # noqa: BLE001 - CONFIG may be renamed or forbidden (managed Redis)
+        return None
+    if save or aof == "yes":
+        return (f"Redis at {describe(url)} persists to disk (save={save!r}, appendonly={aof}): uploads and results "
+                "would reach its disk; run it with --save '' --appendonly no")
+    return None

@@ -2,7 +2,7 @@
 
 One interface (:class:`JobRepository`), two homes: SQLite in the data directory for the
 embedded mode (:class:`SqliteJobRepository`, here) and Redis for the distributed mode
-(:class:`veil.server.redis_repository.RedisJobRepository`). A record never holds pixels,
+(:class:`veil.server.redis_store.RedisJobRepository`). A record never holds pixels,
 file names or metadata values. Whoever settles an image learns how many are left; the
 one that brings it to zero finishes the job, so a job is finished exactly once however
 many workers ran its images.
@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Any, Iterable, Protocol, runtime_checkable
 
+from veil.server.errors import TooManyJobs
 from veil.server.records import ACTIVE, SETTLED, ImageRecord, JobRecord
 from veil.server.store import Store
 
@@ -27,8 +28,9 @@ _JSON_FIELDS = ("detections", "progress", "video")
 class JobRepository(Protocol):
     """Records of jobs and their images."""
 
-    def create(self, job: JobRecord) -> None:
-        """Store a new job and its images (all queued)."""
+    def create(self, job: JobRecord, max_active: int | None = None) -> None:
+        """Store a new job and its images (all queued); :class:`~veil.server.errors.TooManyJobs`
+        when its key already has ``max_active`` unfinished jobs (checked atomically)."""
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with its images, or ``None``."""
@@ -53,7 +55,8 @@ class JobRepository(Protocol):
         active if this settled an active one, else ``None``)."""
 
     def finish(self, job_id: str, status: str, error: str | None, finished: float, expires_at: float) -> bool:
-        """Mark the job finished; ``False`` when it is gone."""
+        """Mark an unfinished job finished; ``False`` when it is gone or finished already
+        (so whoever gets ``True`` audits it and sends its webhook, once)."""
 
     def set_webhook(self, job_id: str, status: str, attempts: int | None = None) -> None:
         """Record where the job's webhook stands."""
@@ -126,8 +129,14 @@ class SqliteJobRepository:
             conn.execute("CREATE INDEX IF NOT EXISTS jobs_node ON jobs(node)")
 
     # -- writes ----------------------------------------------------------------------------
-    def create(self, job: JobRecord) -> None:
+    def create(self, job: JobRecord, max_active: int | None = None) -> None:
         with self.store.transaction() as conn:
+            if job.key_id and max_active:
+                active = conn.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND status IN ('queued', 'processing')",
+                                      (job.key_id,)).fetchone()[0]  # fmt: skip
+                if active >= max_active:
+                    raise TooManyJobs(f"this key already has {active} unfinished job(s); the limit is {max_active}",
+                                      retry_after=5)  # fmt: skip
             conn.execute(
                 "INSERT INTO jobs (id, key_id, status, created, expires_at, n_images, options, callback_url, "
                 "delete_after_download, base_url, node) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -185,7 +194,8 @@ class SqliteJobRepository:
 
     def finish(self, job_id: str, status: str, error: str | None, finished: float, expires_at: float) -> bool:
         return self.store.execute(
-            "UPDATE jobs SET status = ?, finished = ?, expires_at = ?, error = ? WHERE id = ?",
+            "UPDATE jobs SET status = ?, finished = ?, expires_at = ?, error = ? "
+            "WHERE id = ? AND status IN ('queued', 'processing')",
             (status, finished, expires_at, error, job_id),
         ) > 0
 
@@ -201,7 +211,8 @@ class SqliteJobRepository:
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
-        row = self.store.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        # another process's job is not this one's to show: its blobs are in that memory
+        row = self.store.one("SELECT * FROM jobs WHERE id = ? AND node = ?", (job_id, self.node))
         if row is None:
             return None
         images = self.store.query("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))

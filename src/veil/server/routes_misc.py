@@ -198,11 +198,14 @@ async def health(request: Request) -> dict[str, Any]:
     if await run_in_threadpool(caller_if_authorized, request) is None:
         return public
     lim = state.config.limits
+    # off the event loop: in the distributed mode both ask Redis, which may be slow or away
+    stats = await run_in_threadpool(state.queue.stats)
+    held = await run_in_threadpool(lambda: state.jobs.held_bytes)
     return {
         **public,
         "version": veil.__version__,
-        "queue": state.queue.stats(),
-        "held_bytes": state.jobs.held_bytes,
+        "queue": stats,
+        "held_bytes": held,
         "ttl_seconds": state.config.ttl,
         "limits": {
             "max_request_bytes": lim.max_request_bytes,

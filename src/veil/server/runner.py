@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 from veil.errors import ImageError, ModelError, OptionsError, VeilError
 from veil.pipeline.options import Options
-from veil.server.blobs import BlobStore, blob_key
+from veil.server.blobs import BlobStore, blob_key, hold_ttl
 from veil.server.queue import Task
+from veil.server.records import ACTIVE
 from veil.server.repository import JobRepository
 
 log = logging.getLogger("veil.server.runner")
@@ -62,7 +63,7 @@ class TaskContext:
     anonymize: Callable[..., Any]
     #: called with the job id by the task that settles its last image
     complete: Callable[[str], None]
-    #: seconds a result lives in the blob store while its job runs (:func:`~veil.server.blobs.hold_ttl`)
+    #: the TTL of jobs whose record does not say (blobs are held :func:`~veil.server.blobs.hold_ttl` of the job's own)
     ttl: float
     #: attempts before an image that keeps crashing its worker is failed
     max_attempts: int = 1
@@ -95,16 +96,22 @@ def run_task(task: Task, blobs: BlobStore, repo: JobRepository, anonymize: Calla
     """
     ctx = anonymize if isinstance(anonymize, TaskContext) else TaskContext(anonymize=anonymize, **context)
     img = repo.claim(task.job_id, task.idx)
-    if img is None:
-        return "skipped"  # the job is gone, or the image was deleted or settled by another attempt
+    if img is None:  # the job is gone, or the image was deleted or settled by another attempt
+        blobs.delete(blob_key(task.job_id, "in", task.idx))
+        job = repo.get(task.job_id)
+        if job is not None and job.status in ACTIVE and not any(i.status in ACTIVE for i in job.images):
+            ctx.complete(task.job_id)  # an earlier completion failed half-way: finish it now
+        return "skipped"
     job = repo.get(task.job_id)
     if job is None:
         return "skipped"
+    hold = hold_ttl(job.expires_at - job.created)  # the job's own TTL, whoever runs it
+    blobs.expire_job(task.job_id, hold)  # a running job's blobs live on
     if img.attempts > ctx.max_attempts:
         return _fail(task, blobs, repo, ctx, f"failed {ctx.max_attempts} times: the worker running it was lost")
     options = Options.from_mapping(job.options)
     if task.kind == "video":
-        return _run_video(task, blobs, repo, ctx, options, img.attempts)
+        return _run_video(task, blobs, repo, ctx, options, img.attempts, hold)
     data = blobs.get(blob_key(task.job_id, "in", task.idx))
     if data is None:
         return _fail(task, blobs, repo, ctx, "the upload is no longer held (it expired, or the server restarted)")
@@ -126,8 +133,8 @@ def run_task(task: Task, blobs: BlobStore, repo: JobRepository, anonymize: Calla
     del result
     key = blob_key(task.job_id, "out", task.idx, img.attempts)
     regions_key = blob_key(task.job_id, "regions", task.idx, img.attempts)
-    blobs.put(key, out, ctx.ttl)
-    blobs.put(regions_key, json.dumps(regions).encode(), ctx.ttl)
+    blobs.put(key, out, hold)
+    blobs.put(regions_key, json.dumps(regions).encode(), hold)
     won = _settle(task, repo, ctx, "done", detections=counts, content_type=ctype, format=fmt, size=len(out),
                   sha256=hashlib.sha256(out).hexdigest(), result_key=key)  # fmt: skip
     if not won:  # deleted meanwhile, or another attempt settled first
@@ -139,7 +146,7 @@ def run_task(task: Task, blobs: BlobStore, repo: JobRepository, anonymize: Calla
 
 
 def _run_video(task: Task, blobs: BlobStore, repo: JobRepository, ctx: TaskContext, options: Options,
-               attempt: int) -> str:
+               attempt: int, hold: float) -> str:
     """A video: its upload is a spool file (embedded) or Redis pieces (distributed), read
     in place; the result, written to an encrypted spool file, goes to the blob store. The
     upload stays until the video is settled, so a re-run after a lost worker finds it."""
@@ -188,7 +195,7 @@ def _run_video(task: Task, blobs: BlobStore, repo: JobRepository, ctx: TaskConte
 
     digest, size = sha256_of(dst), dst.size
     key = blob_key(task.job_id, "out", task.idx, attempt)
-    blobs.put(key, dst, ctx.ttl)  # (Redis: copied in pieces, the local spool file shredded)
+    blobs.put(key, dst, hold)  # (Redis: copied in pieces, the local spool file shredded)
     done = {"stage": "done", "frames_done": report.frames, "frames_total": report.frames}
     won = _settle(task, repo, ctx, "done", detections=detection_counts(report), content_type=report.content_type,
                   format=report.extension.lstrip("."), size=size, sha256=digest, result_key=key,

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from veil.server.blobs import BlobStore, hold_ttl
+from veil.server.blobs import BlobStore
 from veil.server.completion import Completion
 from veil.server.config import ServerConfig
 from veil.server.distributed import MAX_ATTEMPTS, TASKS_QUEUE, WEBHOOKS_QUEUE, notify_queued
@@ -50,7 +50,11 @@ def _context() -> WorkerContext:
 def run_image_task(task_json: str) -> str:
     """The RQ job of one task (see :func:`veil.server.runner.run_task`)."""
     ctx = _context()
-    task = Task.from_json(task_json)
+    try:
+        task = Task.from_json(task_json)
+    except (ValueError, TypeError):
+        log.warning("a malformed task on the queue was dropped")
+        return "skipped"
     try:
         return run_task(task, ctx.blobs, ctx.repo, ctx.tasks)
     except RetryTask as exc:
@@ -66,20 +70,25 @@ def task_given_up(job: Any, connection: Any, exc_type: Any, exc: Any, tb: Any) -
         task = Task.from_json(job.args[0])
     except (ValueError, IndexError, TypeError):
         return
-    left = ctx.repo.settle(task.job_id, task.idx, "failed", error=f"failed {MAX_ATTEMPTS} times: the worker was lost")
+    left = ctx.repo.settle(task.job_id, task.idx, "failed", error=f"failed {MAX_ATTEMPTS} times (its worker lost or crashed)")
     if left == 0:
         ctx.tasks.complete(task.job_id)
 
 
-def deliver_webhook(url: str, event: str, payload: dict[str, Any], job_id: str, delivery_id: str) -> str:
-    """One attempt of a queued webhook; raising makes RQ try again later (its scheduler)."""
+def deliver_webhook(url: str, event: str, payload: dict[str, Any], job_id: str, delivery_id: str,
+                    key_id: str | None = None) -> str:  # fmt: skip
+    """One attempt of a queued webhook; raising makes RQ try again later (its scheduler).
+    Signed with the secret of the job's key (looked up here: no secret on the wire)."""
     from rq import get_current_job
 
     ctx = _context()
     rq_job = get_current_job()
     attempt = 1 + (len(rq_job.retry_intervals or []) - (rq_job.retries_left or 0)) if rq_job is not None else 1
-    record = ctx.repo.get(job_id)
-    secret = ctx.secret_for(record.key_id if record else None)
+    secret = ctx.secret_for(key_id)
+    if secret is None:  # never signed with another secret than the key's
+        log.warning("webhook for job %s dropped: its key is not in this worker's database", job_id)
+        ctx.repo.set_webhook(job_id, "failed", attempt)
+        return "refused"
     outcome = deliver_once(url, payload_body(payload), secret, event, delivery_id, attempt, job_id=job_id,
                            allow_private=ctx.config.allow_private_webhooks, allow_local=ctx.config.loopback,
                            timeout=ctx.config.webhook_timeout, user_agent="veil-webhook")  # fmt: skip
@@ -147,9 +156,11 @@ def build_context(config: ServerConfig, *, anonymize: Any = None) -> WorkerConte
     keys, audit = KeyManager(db), AuditLog(db)
     anonymous = shared_secret(r, "webhook")
 
-    def secret_for(key_id: str | None) -> str:
-        key = keys.get(key_id) if key_id else None
-        return key.secret if key else anonymous
+    def secret_for(key_id: str | None) -> str | None:
+        if not key_id:
+            return anonymous
+        key = keys.get(key_id)
+        return key.secret if key else None
 
     pipeline = Pipeline(config, anonymize)
     complete = Completion(repo, blobs, audit, config.ttl, secret_for, notify_queued(r))
@@ -158,7 +169,7 @@ def build_context(config: ServerConfig, *, anonymize: Any = None) -> WorkerConte
 
     # a video's result is written to an encrypted spool file here, then copied to Redis
     video = video_runner(SpoolDir(config.data_dir / "spool"))
-    tasks = TaskContext(anonymize=pipeline, complete=complete, ttl=hold_ttl(config.ttl), max_attempts=MAX_ATTEMPTS, video=video)
+    tasks = TaskContext(anonymize=pipeline, complete=complete, ttl=config.ttl, max_attempts=MAX_ATTEMPTS, video=video)
     return WorkerContext(config, repo, blobs, tasks, secret_for)
 
 
@@ -187,11 +198,14 @@ def run_worker(config: ServerConfig, *, name: str | None = None, heartbeat: floa
     global CONTEXT
     from rq import Queue
 
+    from veil.server.redis_store import connect
+
     CONTEXT = build_context(config)
     took = warm_up(preset)
     if took:
         log.info("models of preset %s loaded in %.1f s", preset, took)
-    r = CONTEXT.repo.r  # type: ignore[attr-defined]
+    # the worker's own connection: RQ blocks on it for the queues, longer than a request
+    r = connect(config.redis_url or "", timeout=max(30.0, maintenance + 25))
     queues = [Queue(WEBHOOKS_QUEUE, connection=r), Queue(TASKS_QUEUE, connection=r)]
     cls = worker_class(heartbeat)
     # an idle RQ worker blocks on the queues for worker_ttl - 15 s and runs its maintenance
