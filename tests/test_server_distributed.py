@@ -247,6 +247,8 @@ def test_redis_down_gives_503_with_retry_after_and_recovers(tmp_path, photos):
             r = c.post("/api/v1/jobs", files=_photos_files(photos, 1), data={"options": json.dumps(BUSY)})
             assert r.status_code == 202, r.text  # queued (no worker runs here)
             job = r.json()["id"]
+            health = c.get("/api/v1/health").json()  # and the server says so
+            assert health["queue"]["workers"] == 0 and health["status"] == "degraded" and "worker" in health["warning"]
             redis.kill()
             t0 = time.monotonic()
             r = c.get(f"/api/v1/jobs/{job}")

@@ -201,6 +201,8 @@ async def health(request: Request) -> dict[str, Any]:
     # off the event loop: in the distributed mode both ask Redis, which may be slow or away
     stats = await run_in_threadpool(state.queue.stats)
     held = await run_in_threadpool(lambda: state.jobs.held_bytes)
+    if not state.jobs.runs_tasks and not stats.get("workers"):  # distributed: jobs would only wait
+        public = {**public, "status": "degraded", "warning": "no veil worker is connected: jobs wait in the queue"}
     return {
         **public,
         "version": veil.__version__,
