@@ -40,7 +40,7 @@ from veil.server.errors import (
     QuotaExceeded,
     Unavailable,
     )
-from veil.server.keys import ApiKey, KeyManager, add_usage, iso, quota_left, seconds_to_utc_midnight, utc_day
+from veil.server.keys import ApiKey, KeyManager, iso, seconds_to_utc_midnight, utc_day
 from veil.server.queue import QueueFull, Task, TaskQueue
 from veil.server.records import ACTIVE, ImageRecord, JobRecord
 from veil.server.repository import JobRepository
@@ -260,17 +260,14 @@ class JobManager:
                        retry_after=self.queue.retry_after())  # fmt: skip
 
     def _charge(self, key: ApiKey, n: int) -> None:
-        with self.keys.store.transaction() as conn:
-            left = quota_left(conn, key)
-            if left is not None and n > left:
-                raise QuotaExceeded(f"daily quota spent: {left} of {key.quota_per_day} images left today, {n} submitted",
-                                    retry_after=seconds_to_utc_midnight())  # fmt: skip
-            add_usage(conn, key.id, n)
+        left = self.keys.reserve(key, n)
+        if left is not None and n > left:
+            raise QuotaExceeded(f"daily quota spent: {left} of {key.quota_per_day} images left today, {n} submitted",
+                                retry_after=seconds_to_utc_midnight())  # fmt: skip
 
     def _refund(self, key: ApiKey | None, n: int) -> None:
         if key is not None:
-            with self.keys.store.transaction() as conn:
-                add_usage(conn, key.id, -n)
+            self.keys.refund(key.id, n)
 
     def create(self, uploads: Sequence[Upload], options: Options, principal: Principal, *,
                callback_url: str | None, delete_after_download: bool, base_url: str) -> dict[str, Any]:  # fmt: skip
@@ -479,13 +476,9 @@ class JobManager:
             raise Busy("all synchronous slots are busy; retry later", retry_after=5)
         try:
             key = principal.key
-            if key is not None:
-                with self.keys.store.transaction() as conn:
-                    left = quota_left(conn, key)
-                    if left is not None and left < 1:
-                        raise QuotaExceeded(f"daily quota of {key.quota_per_day} images spent",
-                                            retry_after=seconds_to_utc_midnight())  # fmt: skip
-                    add_usage(conn, key.id, 1)
+            if key is not None and (left := self.keys.reserve(key, 1)) is not None and left < 1:
+                raise QuotaExceeded(f"daily quota of {key.quota_per_day} images spent",
+                                    retry_after=seconds_to_utc_midnight())  # fmt: skip
             result = self.pipeline(data, options, regions)
             del data
             self.audit.record(event, key_id=principal.key_id, status="done", image_count=1, options=options.to_json(),

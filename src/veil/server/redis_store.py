@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any, Callable
 
+from veil.server.blobs import hold_ttl
 from veil.server.errors import Busy, TooManyJobs, Unavailable
 from veil.server.records import ACTIVE, ImageRecord, JobRecord
 
@@ -78,7 +79,7 @@ class RedisJobRepository:
         return out[0], out[1]
 
     def create(self, job: JobRecord, max_active: int | None = None) -> None:
-        hold = _ms(2 * (job.expires_at - job.created) + _GRACE)  # refreshed at each claim
+        hold = _ms(hold_ttl(job.expires_at - job.created))  # refreshed at each claim
         if not job.key_id:
             self.r.set(self._key(job.id), json.dumps(job.to_json()), px=hold)
             return
@@ -109,21 +110,21 @@ class RedisJobRepository:
         return self._active(self.r, key_id)
 
     def claim(self, job_id: str, idx: int) -> ImageRecord | None:
-        def change(job: JobRecord) -> ImageRecord | None:
+        def change(job: JobRecord) -> tuple[ImageRecord, float] | None:
             if not 0 <= idx < len(job.images) or job.images[idx].status not in ACTIVE:
                 return None
             im = job.images[idx]
             im.status, im.attempts = "processing", im.attempts + 1
             if job.status == "queued":
                 job.status, job.started = "processing", job.started or time.time()
-            return ImageRecord.from_json(im.to_json())
+            return ImageRecord.from_json(im.to_json()), job.expires_at - job.created
 
-        found, claimed = self._update(job_id, change)
-        if claimed is not None:  # a running job's record lives on
-            job = self.get(job_id)
-            if job is not None:
-                self.r.pexpire(self._key(job_id), _ms(2 * (job.expires_at - job.created) + _GRACE))
-        return claimed
+        _, claimed = self._update(job_id, change)
+        if claimed is None:
+            return None
+        im, ttl = claimed
+        self.r.pexpire(self._key(job_id), _ms(hold_ttl(ttl)))  # a running job's record lives on
+        return im
 
     def set_progress(self, job_id: str, idx: int, progress: dict[str, Any]) -> None:
         def change(job: JobRecord) -> None:

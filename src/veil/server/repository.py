@@ -103,20 +103,9 @@ class SqliteJobRepository:
         self._migrate()
 
     def _migrate(self) -> None:
+        """The tables are :data:`veil.server.store.JOB_SCHEMA` (created with the store);
+        a database file of an earlier version gets the columns it lacks."""
         with self.store.transaction() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, key_id TEXT, status TEXT NOT NULL, "
-                "created REAL NOT NULL, started REAL, finished REAL, expires_at REAL NOT NULL, "
-                "n_images INTEGER NOT NULL, options TEXT NOT NULL, callback_url TEXT, "
-                "delete_after_download INTEGER NOT NULL DEFAULT 0, error TEXT, webhook_status TEXT, "
-                "webhook_attempts INTEGER NOT NULL DEFAULT 0)"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS images (job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, "
-                "idx INTEGER NOT NULL, status TEXT NOT NULL, detections TEXT, error TEXT, content_type TEXT, "
-                "format TEXT, size INTEGER, sha256 TEXT, PRIMARY KEY (job_id, idx))"
-            )
-            conn.execute("CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, seen REAL NOT NULL, host TEXT, pid INTEGER)")
             have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)").fetchall()}
             for col, decl in (("node", "TEXT"), ("base_url", "TEXT")):
                 if col not in have:

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     delete_after_download INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     webhook_status TEXT,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    base_url TEXT,
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_key_status ON jobs(key_id, status);
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs(expires_at);
@@ -48,8 +50,14 @@ CREATE TABLE IF NOT EXISTS images (
     format TEXT,
     size INTEGER,
     sha256 TEXT,
+    kind TEXT NOT NULL DEFAULT 'image',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    video TEXT,
+    result_key TEXT,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, seen REAL NOT NULL, host TEXT, pid INTEGER);
 """
 
 #: Keys, usage counters and the audit log: the tables several API nodes can share on
