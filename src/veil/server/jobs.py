@@ -44,7 +44,7 @@ from veil.server.keys import ApiKey, KeyManager, iso, seconds_to_utc_midnight, u
 from veil.server.queue import QueueFull, Task, TaskQueue
 from veil.server.records import ACTIVE, ImageRecord, JobRecord
 from veil.server.repository import JobRepository
-from veil.server.runner import RetryTask, TaskContext, detection_counts, hidden_regions, run_task
+from veil.server.runner import Pipeline, RetryTask, TaskContext, detection_counts, hidden_regions, run_task
 from veil.server.tokens import DownloadTokens
 from veil.server.uploads import EXTENSIONS, safe_stem
 from veil.server.webhooks import WebhookSender, server_secret
@@ -79,42 +79,6 @@ class Upload:
     filename: str | None = None
     #: a video: its bytes are in this encrypted spool file (``data`` is empty)
     spool: Any = None
-
-
-def load_pipeline() -> Callable[..., Any]:
-    from veil.pipeline.core import anonymize_bytes
-
-    return anonymize_bytes
-
-
-class Pipeline:
-    """Calls ``anonymize_bytes`` (loaded lazily, so the server starts without models)."""
-
-    def __init__(self, config: ServerConfig, fn: Callable[..., Any] | None = None):
-        self.config = config
-        self._fn = fn
-        self._lock = threading.Lock()
-
-    @property
-    def fn(self) -> Callable[..., Any]:
-        with self._lock:
-            if self._fn is None:
-                self._fn = load_pipeline()
-            return self._fn
-
-    def available(self) -> bool:
-        try:
-            _ = self.fn
-        except Exception:  # noqa: BLE001 - a broken install must not take /health down
-            log.exception("cannot load the pipeline")
-            return False
-        return True
-
-    def __call__(self, data: bytes, options: Options, regions: list | None = None) -> Any:
-        kwargs: dict[str, Any] = {"limits": self.config.limits.image_limits()}
-        if regions is not None:
-            kwargs["regions"] = regions
-        return self.fn(data, options, **kwargs)
 
 
 class JobManager:

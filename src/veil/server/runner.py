@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from veil.errors import ImageError, ModelError, OptionsError, VeilError
 from veil.pipeline.options import Options
 from veil.server.blobs import BlobStore, blob_key, hold_ttl
+from veil.server.config import ServerConfig
 from veil.server.queue import Task
 from veil.server.records import ACTIVE
 from veil.server.repository import JobRepository
@@ -53,6 +55,42 @@ def detection_counts(report: Any) -> dict[str, int]:
                 out[t] = out.get(t, 0) + 1
         return out
     return {}
+
+
+def load_pipeline() -> Callable[..., Any]:
+    from veil.pipeline.core import anonymize_bytes
+
+    return anonymize_bytes
+
+
+class Pipeline:
+    """Calls ``anonymize_bytes`` (loaded lazily, so the server starts without models)."""
+
+    def __init__(self, config: ServerConfig, fn: Callable[..., Any] | None = None):
+        self.config = config
+        self._fn = fn
+        self._lock = threading.Lock()
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        with self._lock:
+            if self._fn is None:
+                self._fn = load_pipeline()
+            return self._fn
+
+    def available(self) -> bool:
+        try:
+            _ = self.fn
+        except Exception:  # noqa: BLE001 - a broken install must not take /health down
+            log.exception("cannot load the pipeline")
+            return False
+        return True
+
+    def __call__(self, data: bytes, options: Options, regions: list | None = None) -> Any:
+        kwargs: dict[str, Any] = {"limits": self.config.limits.image_limits()}
+        if regions is not None:
+            kwargs["regions"] = regions
+        return self.fn(data, options, **kwargs)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from veil.server.config import ServerConfig
 from veil.server.distributed import MAX_ATTEMPTS, TASKS_QUEUE, WEBHOOKS_QUEUE, notify_queued
 from veil.server.queue import Task
 from veil.server.repository import JobRepository
-from veil.server.runner import RetryTask, TaskContext, run_task
+from veil.server.runner import Pipeline, RetryTask, TaskContext, run_task
 from veil.server.webhooks import deliver_once, payload_body
 
 log = logging.getLogger("veil.server.worker")
@@ -144,7 +144,6 @@ def build_context(config: ServerConfig, *, anonymize: Any = None) -> WorkerConte
     from veil.server.audit import AuditLog
     from veil.server.config import ensure_private_dir
     from veil.server.database import open_server_database
-    from veil.server.jobs import Pipeline
     from veil.server.keys import KeyManager
     from veil.server.redis_store import RedisBlobStore, RedisJobRepository, connect, shared_secret
     from veil.server.store import Store
