@@ -108,6 +108,35 @@ def test_rotation_tag_is_applied_to_the_pixels(tmp_path, engine):
     assert min(_face_changed_upright(src, out, boxes)) > 12
 
 
+def _yuv_planes(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    with av.open(str(path)) as c:
+        out = []
+        for f in c.decode(video=0):
+            flat, n = f.to_ndarray().reshape(-1).astype(float), f.width * f.height
+            out.append((flat[:n].reshape(f.height, f.width), flat[n : n * 5 // 4].reshape(f.height // 2, -1),
+                        flat[n * 5 // 4 :].reshape(f.height // 2, -1)))  # fmt: skip
+        return out
+
+
+def test_hd_colours_are_kept_and_pixels_away_from_masks_are_not_converted(tmp_path, engine):
+    """A BT.709 clip stays tagged BT.709; the fill colour comes out right under that
+    matrix (not the SD one) and in limited range; rows far from the face reach the encoder
+    exactly as decoded (only masked crops go through RGB)."""
+    src, out = tmp_path / "hd.mp4", tmp_path / "hd-out.mp4"
+    boxes = face_clip(src, frames=8, bt709=True)
+    red = Options(targets=("face",), style="fill", shape="box", color="#ff0000")
+    anonymize_video(src, out, red, engine=engine)
+    with av.open(str(out)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (1, 1, 1, 1)
+    for (y, u, v), (sy, su, sv), (x1, y1, x2, y2) in zip(_yuv_planes(out), _yuv_planes(src), boxes, strict=True):
+        cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+        yy, cb, cr = y[cy, cx] - 16, u[cy // 2, cx // 2] - 128, v[cy // 2, cx // 2] - 128
+        rgb = (1.164 * yy + 1.793 * cr, 1.164 * yy - 0.213 * cb - 0.533 * cr, 1.164 * yy + 2.112 * cb)  # BT.709, limited
+        assert np.allclose(rgb, (255, 0, 0), atol=14), rgb
+        assert np.abs(y[:24] - sy[:24]).mean() < 1.5 and np.abs(u[:12] - su[:12]).mean() < 1.5
+
+
 def _face_changed_upright(src: Path, out: Path, boxes) -> list[float]:
     with av.open(str(src)) as c:
         ups = [np.rot90(f.to_ndarray(format="rgb24"), k=f.rotation // 90) for f in c.decode(video=0)]

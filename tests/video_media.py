@@ -51,10 +51,11 @@ def face_photo(size: int) -> np.ndarray:
 def face_clip(path: Path, *, frames: int = 24, fps: int = 12, size: tuple[int, int] = (320, 240), face_px: int = 90,
               vfr: bool = False, rotation: int = 0, audio: bool = False, subtitles: bool = False,
               metadata: bool = False, container: str = "mp4", blank: tuple[int, ...] = (),
-              secret: str = SECRET) -> list[tuple[int, int, int, int]]:  # fmt: skip
+              secret: str = SECRET, bt709: bool = False) -> list[tuple[int, int, int, int]]:  # fmt: skip
     """Write a clip of a real face gliding across a textured background; returns the face's
     box in each (upright) frame. ``vfr`` alternates 1x and 2x frame durations; ``blank``
-    frames show no face (for gap-filling tests)."""
+    frames show no face (for gap-filling tests); ``bt709`` stores the frames with the HD
+    colour matrix, limited range, and tags the stream so (not the SD default)."""
     w, h = size
     face = face_photo(face_px)
     fh, fw = face.shape[:2]
@@ -72,6 +73,10 @@ def face_clip(path: Path, *, frames: int = 24, fps: int = 12, size: tuple[int, i
         stream.time_base = tb
         if rotation:
             stream.set_display_rotation(rotation)
+        if bt709:
+            cc = stream.codec_context
+            cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
+            cc.color_range = 1  # limited (MPEG)
         a_stream = out.add_stream("aac", rate=16000) if audio else None
         s_stream = out.add_stream("mov_text" if container == "mp4" else "subrip") if subtitles else None
         if s_stream is not None:
@@ -90,6 +95,9 @@ def face_clip(path: Path, *, frames: int = 24, fps: int = 12, size: tuple[int, i
                 boxes.append(None)
             stored = np.ascontiguousarray(np.rot90(frame, k=-rotation // 90)) if rotation else frame
             vf = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            if bt709:
+                vf = vf.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
+                vf.colorspace, vf.color_range = 1, 1
             vf.pts, vf.time_base = pts, tb
             pts += int(1000 / fps) * (2 if vfr and i % 2 else 1)
             for p in stream.encode(vf):

@@ -93,8 +93,12 @@ class Engine:
         self.detect(np.zeros((64, 64, 3), dtype=np.uint8), targets)
 
     # -- detection ------------------------------------------------------------------------
-    def detect(self, rgb: np.ndarray, targets: Sequence[str] = TARGETS, timings: dict[str, float] | None = None) -> list[Detection]:
-        """Faces, people and plates in ``rgb`` (plus ``head`` signals, see module doc)."""
+    def detect(self, rgb: np.ndarray, targets: Sequence[str] = TARGETS, timings: dict[str, float] | None = None,
+               *, trim: bool = True) -> list[Detection]:  # fmt: skip
+        """Faces, people and plates in ``rgb`` (plus ``head`` signals, see module doc).
+
+        ``trim`` returns the freed buffers to the system afterwards (photos differ in size);
+        a video's frames are all one size, so its caller trims now and then instead."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError("detect() expects an H x W x 3 uint8 RGB array")
         for t in targets:
@@ -116,7 +120,8 @@ class Engine:
         if "face" in found and "person" in found and self.preset.person_heads:
             out += heads_without_faces(found["person"], found["face"])
         cache.clear()  # NanoDet's outputs, so the trim below can return them too
-        release_freed_memory()
+        if trim:
+            release_freed_memory()
         return out
 
     def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:

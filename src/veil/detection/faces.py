@@ -10,6 +10,7 @@ import numpy as np
 from veil.detection.boxes import nms
 from veil.detection.types import Detection
 from veil.inference.session import get_session
+from veil.models.preprocess import planar_blob
 
 
 def _resize_to_multiple(rgb: np.ndarray, scale: float, multiple: int = 32) -> tuple[np.ndarray, float, float]:
@@ -32,7 +33,7 @@ class CenterFace:
 
     def __call__(self, rgb: np.ndarray, threshold: float, scale: float = 1.0) -> list[Detection]:
         img, sx, sy = _resize_to_multiple(rgb, scale)
-        blob = np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32))
+        blob = planar_blob(img)
         heat, size, off, lms = self.session.run(None, {self.input: blob})
         heat = heat[0, 0]
         ys, xs = np.where(heat > threshold)
@@ -75,7 +76,7 @@ class YuNet:
     def __call__(self, rgb: np.ndarray, threshold: float, scale: float = 1.0) -> list[Detection]:
         img, sx, sy = _resize_to_multiple(rgb, scale)
         nh, nw = img.shape[:2]
-        blob = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32))
+        blob = planar_blob(img, bgr=True)
         res = dict(zip(self.outputs, self.session.run(None, {self.input: blob})))
         all_boxes, all_scores, all_kps = [], [], []
         for s in self.strides:

@@ -10,7 +10,7 @@ import numpy as np
 from veil.detection.boxes import nms
 from veil.detection.types import Detection
 from veil.inference.session import get_session
-from veil.models.preprocess import letterbox  # noqa: F401  (also imported from here)
+from veil.models.preprocess import letterbox, planar_blob  # noqa: F401  (letterbox: also imported from here)
 
 
 class Yolo:
@@ -30,7 +30,7 @@ class Yolo:
 
     def run(self, rgb: np.ndarray, size: int, threshold: float) -> list[Detection]:
         img, r, _ = letterbox(rgb, size)
-        blob = np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        blob = planar_blob(img, 255.0)
         out = self.session.run(None, {self.input: blob})[0][0]
         nc = out.shape[0] - 4 - self.nkpt * 3
         scores = out[4 + self.class_id]

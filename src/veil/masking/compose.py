@@ -18,13 +18,13 @@ the cluster's rectangle, at most the image).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from veil.detection.types import Detection
-from veil.masking.shapes import RegionPlan, plan_region
+from veil.masking.shapes import RegionMask, RegionPlan, plan_region
 from veil.masking.styles import render
 
 if TYPE_CHECKING:  # type only: masking sits below the pipeline layer
@@ -107,6 +107,30 @@ def mask_detections(
     return out, [r for i, r in enumerate(regions) if i in shown and r is not None]
 
 
+def footprints(detections: Sequence[Detection], options: "Options", width: int, height: int, *,
+               align: int = 1) -> list[tuple[tuple[int, int, int, int], list[Detection]]]:  # fmt: skip
+    """Where :func:`mask_detections` would change pixels: ``(rect, detections)`` per group of
+    regions whose rectangles touch, each rect the union of the group's (grown to multiples
+    of ``align``, within the image). Masking a crop of one rect with its detections (moved
+    into the crop) changes exactly what masking the whole image with them would: a
+    region's render reads only its own rectangle, and groups do not touch."""
+    items: list[_Item] = []
+    dets: list[Detection] = []
+    for det in detections:
+        plan = plan_region(det, options.style_for(det.target).shape, margin=options.margin, feather=options.feather,
+                           width=width, height=height)  # fmt: skip
+        if plan is not None:
+            items.append(_Item(len(dets), plan, "", (0, 0, 0)))
+            dets.append(det)
+    out = []
+    for group in _clusters(items):
+        x0, y0 = (min(i.plan.rect[k] for i in group) // align * align for k in (0, 1))
+        x1, y1 = (min(lim, -(-max(i.plan.rect[k] for i in group) // align) * align)
+                  for k, lim in ((2, width), (3, height)))  # fmt: skip
+        out.append(((x0, y0, x1, y1), [dets[i.index] for i in group]))
+    return out
+
+
 def _clusters(items: list[_Item]) -> list[list[_Item]]:
     """Connected components of overlapping rectangles, by a sweep along x: each rectangle
     is compared only with those still open at its left edge, and components are merged
@@ -139,21 +163,17 @@ def _blend_cluster(out: np.ndarray, cluster: list[_Item], strength: int, rng: np
     Members are rendered from ``out`` before the cluster writes to it, one at a time:
     only the cluster's accumulators outlive a member.
     """
+    if cluster[0].style == "fill":  # one colour per layer: the average of renders is that colour
+        _blend_fill(out, cluster)
+        return
     if len(cluster) == 1:
         _blend_one(out, cluster[0], strength, rng)
         return
-    x0 = min(i.plan.rect[0] for i in cluster)
-    y0 = min(i.plan.rect[1] for i in cluster)
-    x1 = max(i.plan.rect[2] for i in cluster)
-    y1 = max(i.plan.rect[3] for i in cluster)
+    x0, y0, x1, y1 = _union(cluster)
     alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
     weight = np.zeros((y1 - y0, x1 - x0), np.float32)
     acc = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
-    for item in cluster:
-        m = item.plan.mask()
-        if m is None:
-            continue
-        item.shown = True
+    for item, m in _masks(cluster):
         rx0, ry0, rx1, ry1 = m.rect
         pix = render(out[ry0:ry1, rx0:rx1], item.style, size=m.size, strength=strength, color=item.color, rng=rng)
         tmp = np.empty((min(_STRIP, ry1 - ry0), rx1 - rx0, 3), np.float32)
@@ -173,6 +193,22 @@ def _blend_cluster(out: np.ndarray, cluster: list[_Item], strength: int, rng: np
         _mix(region[r0:r1], shown, alpha[r0:r1])
 
 
+def _masks(cluster: list[_Item]) -> Iterator[tuple[_Item, RegionMask]]:
+    """Each member with its mask, built one at a time (members with no pixel skipped)."""
+    for item in cluster:
+        m = item.plan.mask()
+        if m is not None:
+            item.shown = True
+            yield item, m
+            del m  # the caller drops its own reference before asking for the next
+
+
+def _union(cluster: list[_Item]) -> tuple[int, int, int, int]:
+    """The rectangle holding every member's plan."""
+    rects = [i.plan.rect for i in cluster]
+    return min(r[0] for r in rects), min(r[1] for r in rects), max(r[2] for r in rects), max(r[3] for r in rects)
+
+
 def _blend_one(out: np.ndarray, item: _Item, strength: int, rng: np.random.Generator) -> None:
     """A lone region: blended straight from its render (no accumulators)."""
     m = item.plan.mask()
@@ -185,6 +221,29 @@ def _blend_one(out: np.ndarray, item: _Item, strength: int, rng: np.random.Gener
     for r0 in range(0, ry1 - ry0, _STRIP):
         r1 = min(ry1 - ry0, r0 + _STRIP)
         _mix(region[r0:r1], pix[r0:r1], m.alpha[r0:r1])
+
+
+def _blend_fill(out: np.ndarray, cluster: list[_Item]) -> None:
+    """A cluster of one fill colour: only the members' combined alpha is built (4 bytes per
+    pixel) and the colour is drawn through it; no member is rendered."""
+    x0, y0, x1, y1 = _union(cluster)
+    alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for item, m in _masks(cluster):
+        rx0, ry0, rx1, ry1 = m.rect
+        sub = alpha[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+        np.maximum(sub, m.alpha, out=sub)
+        del m
+    binary = all(i.plan.feather_px < 0.5 for i in cluster)  # unfeathered: alpha is 0 or 1
+    region = out[y0:y1, x0:x1]
+    for r0 in range(0, y1 - y0, _STRIP):
+        r1 = min(y1 - y0, r0 + _STRIP)
+        a, base = alpha[r0:r1], region[r0:r1]
+        solid = np.empty_like(base)
+        cv2.rectangle(solid, (0, 0), (solid.shape[1], solid.shape[0]), cluster[0].color, -1)
+        if binary:
+            cv2.copyTo(solid, cv2.compare(a, 0.5, cv2.CMP_GT), base)  # in place, also on a view
+        else:
+            _mix(base, solid, a)
 
 
 def _mix(base: np.ndarray, shown: np.ndarray, alpha: np.ndarray) -> None:

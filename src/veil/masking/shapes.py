@@ -209,6 +209,12 @@ def _rasterize(outline: tuple[str, object], x0: int, y0: int, w: int, h: int, wi
     kind, geo = outline
     if kind == "ellipse":
         cx, cy, a, b, ang = geo  # type: ignore[misc]
+        if ang == 0:  # upright: each row is one span, |dx| <= a * sqrt(1 - dy^2 / b^2)
+            dy = np.arange(h, dtype=np.float64) + y0 + 0.5 - cy
+            half = a * np.sqrt(np.maximum(1.0 - (dy / b) ** 2, 0.0))
+            half[np.abs(dy) > b] = -1.0  # rows beyond the ellipse: no pixel
+            dx = np.abs(np.arange(w, dtype=np.float64) + x0 + 0.5 - cx)
+            return (dx[None, :] <= half[:, None]).view(np.uint8)
         t = math.radians(ang)
         c, s = math.cos(t), math.sin(t)
         xs = (np.arange(w, dtype=np.float64) + x0 + 0.5 - cx)[None, :]

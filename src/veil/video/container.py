@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import av
 import av.error
+import cv2
 import numpy as np
 
 from veil.errors import VideoError
@@ -233,10 +234,77 @@ def upright(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None = 
     """An ``H x W x 3`` RGB array of ``frame``, turned upright (as photos are: the pixels
     are rotated and the output carries no rotation tag). ``size``: the stored size every
     frame must have (a stream whose frames grow mid-way is refused before converting)."""
-    if size is not None and (frame.width, frame.height) != size:
-        raise VideoError(f"the picture size changes mid-stream ({size[0]}x{size[1]} to {frame.width}x{frame.height})")
-    rgb = frame.to_ndarray(format="rgb24")
+    pic = YuvPicture.of(frame, size)
+    rgb = pic.rgb() if pic is not None else frame.to_ndarray(format="rgb24", src_color_range=frame.color_range)
     return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+
+#: (Kr, Kb) of the colour matrices by FFmpeg's colorspace number: BT.709, BT.2020; every
+#: other value (unspecified included) is converted as BT.601, as FFmpeg's scaler does
+_MATRIX = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_FULL_RANGE = 2  # FFmpeg's AVCOL_RANGE_JPEG
+
+
+def _yuv_to_rgb(colorspace: int, color_range: int) -> np.ndarray:
+    """The 3x4 affine map from (Y, U, V, 1) to (R, G, B), 0-255, for :func:`cv2.transform`."""
+    kr, kb = _MATRIX.get(colorspace, (0.299, 0.114))
+    kg = 1.0 - kr - kb
+    ys, cs, y0 = (255.0, 255.0, 0.0) if color_range == _FULL_RANGE else (219.0, 224.0, 16.0)
+    m = np.array([[1.0, 0.0, 2 * (1 - kr)], [1.0, -2 * (1 - kb) * kb / kg, -2 * (1 - kr) * kr / kg],
+                  [1.0, 2 * (1 - kb), 0.0]]) * np.array([255 / ys, 255 / cs, 255 / cs])  # fmt: skip
+    return np.hstack([m, -(m @ np.array([y0, 128.0, 128.0]))[:, None]]).astype(np.float32)
+
+
+class YuvPicture:
+    """A decoded 8-bit 4:2:0 frame, edited where it is masked and nowhere else.
+
+    Only the crops that hold masked regions go to RGB and back (with the frame's own colour
+    matrix and range, in OpenCV: ~1 ms for a whole 720p frame, against ~8 ms through
+    FFmpeg's scaler both ways); every other pixel reaches the encoder exactly as decoded,
+    untouched by any rounding. Use :meth:`of`, which returns None for frames that must go
+    through RGB whole (other pixel formats, odd sizes).
+    """
+
+    def __init__(self, frame: av.VideoFrame):
+        self.width, self.height = frame.width, frame.height
+        self.colorspace, self.color_range = frame.colorspace, frame.color_range
+        self.data = frame.to_ndarray()  # Y, then U, then V: a copy, never the decoder's buffer
+        n, w, h = self.width * self.height, self.width, self.height
+        flat = self.data.reshape(-1)
+        self.planes = (flat[:n].reshape(h, w), flat[n : n * 5 // 4].reshape(h // 2, w // 2),
+                       flat[n * 5 // 4 :].reshape(h // 2, w // 2))  # fmt: skip
+        self._to_rgb = _yuv_to_rgb(self.colorspace, self.color_range)
+        self._to_yuv = np.linalg.inv(np.vstack([self._to_rgb, [0, 0, 0, 1]]))[:3].astype(np.float32)
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame, size: tuple[int, int] | None = None) -> "YuvPicture | None":
+        if size is not None and (frame.width, frame.height) != size:
+            raise VideoError(f"the picture size changes mid-stream ({size[0]}x{size[1]} to {frame.width}x{frame.height})")
+        if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+            return None
+        return cls(frame)
+
+    def rgb(self, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The RGB pixels (uint8 HxWx3) of ``rect`` (even corners; None: the whole frame)."""
+        x0, y0, x1, y1 = rect or (0, 0, self.width, self.height)
+        y, u, v = self.planes[0][y0:y1, x0:x1], *(p[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] for p in self.planes[1:])
+        size = (x1 - x0, y1 - y0)
+        yuv = cv2.merge([y, *(cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in (u, v))])
+        return cv2.transform(yuv, self._to_rgb)
+
+    def paste(self, rect: tuple[int, int, int, int], rgb: np.ndarray) -> None:
+        """Put the RGB pixels ``rgb`` back into ``rect`` (even corners); chroma averaged 2x2."""
+        x0, y0, x1, y1 = rect
+        y, u, v = cv2.split(cv2.transform(np.ascontiguousarray(rgb), self._to_yuv))
+        half = ((x1 - x0) // 2, (y1 - y0) // 2)
+        self.planes[0][y0:y1, x0:x1] = y
+        self.planes[1][y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = cv2.resize(u, half, interpolation=cv2.INTER_AREA)
+        self.planes[2][y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = cv2.resize(v, half, interpolation=cv2.INTER_AREA)
+
+    def frame(self) -> av.VideoFrame:
+        frame = av.VideoFrame.from_ndarray(self.data, format="yuv420p")
+        frame.colorspace, frame.color_range = self.colorspace, self.color_range
+        return frame
 
 
 def iter_frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
@@ -314,6 +382,14 @@ class VideoWriter:
             v.codec_tag = "hvc1"  # parameter sets in the sample entry: what Apple's players need
         v.time_base = self.time_base
         v.codec_context.time_base = self.time_base
+        # the input's colour description, so players show the colours it had (the pixels
+        # are converted with its matrix); an untagged input stays untagged
+        src_cc = src_v.codec_context
+        self.colorspace, self.color_range = 2, 0  # unspecified
+        if src_cc is not None:
+            for attr in ("colorspace", "color_range", "color_primaries", "color_trc"):
+                setattr(v.codec_context, attr, getattr(src_cc, attr))
+            self.colorspace, self.color_range = src_cc.colorspace, src_cc.color_range
         v.options = {"crf": str(default_crf(info) if crf is None else crf), "preset": "veryfast"}
         if name == "libx265":
             v.options["x265-params"] = "log-level=error"
@@ -353,7 +429,12 @@ class VideoWriter:
         timestamps: where the input's go back (concatenated segments, a reset clock) the
         rest follows on one frame after the last, at its own spacing (one offset, not a
         growing shift); a repeated or swapped neighbour gets one tick more; none: one frame on."""
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")  # to 4:2:0 with the input's matrix and range:
+        frame = frame.reformat(format=self.video.pix_fmt, dst_colorspace=self.colorspace, dst_color_range=self.color_range)
+        self.write_frame(frame, pts)
+
+    def write_frame(self, frame: av.VideoFrame, pts: int | None) -> None:
+        """:meth:`write` for a frame already made (e.g. :meth:`YuvPicture.frame`)."""
         last = self._last_pts
         if pts is None:
             pts = 0 if last is None else last + self._step

@@ -41,7 +41,7 @@ def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
     """Convert the Ultralytics checkpoint ``src`` to an int8 ONNX model at ``dst``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from veil.models.preprocess import letterbox
+    from veil.models.preprocess import letterbox, planar_blob
     from veil.imageio import load_image
 
     if not photos:
@@ -51,7 +51,7 @@ def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
         rgb = load_image(p).rgb
         for f in CALIBRATION_SIZES:
             img, _, _ = letterbox(rgb, int(size * f) // 32 * 32)
-            blobs.append({"images": np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0})
+            blobs.append({"images": planar_blob(img, 255.0)})
 
     class Photos(CalibrationDataReader):
         def __init__(self) -> None:
