@@ -135,6 +135,26 @@ def test_mask_shape_follows_geometry_and_records_fallbacks():
     assert 0.4 * full.alpha.sum() < sil.alpha.sum() < full.alpha.sum()
 
 
+def test_near_copies_of_one_face_are_hidden_as_one(astronaut_rgb):
+    """A video frame's detection and its track's box, a few px apart, are rendered once
+    over their union at the larger one's block size: each is shown, the union is
+    changed, and fine detail under them is destroyed as under one face."""
+    twin = Detection("face", 0.9, (185.0, 70.0, 276.0, 181.0))
+    rng = np.random.default_rng(3)
+    altered = astronaut_rgb.copy()
+    x1, y1, x2, y2 = (int(v) for v in FACE)
+    noise = rng.integers(-40, 41, (y2 - y1, x2 - x1, 3))
+    altered[y1:y2, x1:x2] = np.clip(altered[y1:y2, x1:x2].astype(int) + noise, 0, 255).astype(np.uint8)
+    core = (slice(y1 + 20, y2 - 20), slice(x1 + 20, x2 - 20))
+    for style in ("blur", "pixelate"):
+        opts = Options(style=style, strength=0)
+        a, regions = mask_detections(astronaut_rgb, [_face(), twin], opts, rng=np.random.default_rng(1))
+        b, _ = mask_detections(altered, [_face(), twin], opts, rng=np.random.default_rng(1))
+        assert len(regions) == 2
+        assert _changed(a, astronaut_rgb)[y1 + 25 : y2 - 25, x1 + 20 : x2 - 16].mean() > 0.97
+        assert np.abs(a[core].astype(float) - b[core].astype(float)).mean() < 1.5, style
+
+
 def test_overlaps_are_blended_once(astronaut_rgb):
     a, b = _face(), Detection("face", 0.9, (220.0, 100.0, 300.0, 200.0))
     opts = Options(style="fill", color=(255, 0, 0), feather=0.5)
