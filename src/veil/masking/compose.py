@@ -110,10 +110,11 @@ def mask_detections(
 def footprints(detections: Sequence[Detection], options: "Options", width: int, height: int, *,
                align: int = 1) -> list[tuple[tuple[int, int, int, int], list[Detection]]]:  # fmt: skip
     """Where :func:`mask_detections` would change pixels: ``(rect, detections)`` per group of
-    regions whose rectangles touch, each rect the union of the group's (grown to multiples
+    regions whose rectangles overlap, each rect the union of the group's (grown to multiples
     of ``align``, within the image). Masking a crop of one rect with its detections (moved
     into the crop) changes exactly what masking the whole image with them would: a
-    region's render reads only its own rectangle, and groups do not touch."""
+    region's render reads only its own rectangle, and the groups' own rectangles do not
+    overlap (grown, two may share an edge of unmasked pixels)."""
     items: list[_Item] = []
     dets: list[Detection] = []
     for det in detections:
@@ -163,11 +164,11 @@ def _blend_cluster(out: np.ndarray, cluster: list[_Item], strength: int, rng: np
     Members are rendered from ``out`` before the cluster writes to it, one at a time:
     only the cluster's accumulators outlive a member.
     """
-    if len(cluster) == 1 and cluster[0].style != "fill":
-        _blend_one(out, cluster[0], strength, rng)
+    if cluster[0].style == "fill":  # one colour per layer: the average of renders is that colour
+        _blend_fill(out, cluster)
         return
-    if cluster[0].style == "fill" or _alike(cluster):  # one colour per layer, or one object
-        _blend_union(out, cluster, strength, rng)
+    if len(cluster) == 1:
+        _blend_one(out, cluster[0], strength, rng)
         return
     x0, y0, x1, y1 = _union(cluster)
     alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
@@ -223,20 +224,9 @@ def _blend_one(out: np.ndarray, item: _Item, strength: int, rng: np.random.Gener
         _mix(region[r0:r1], pix[r0:r1], m.alpha[r0:r1])
 
 
-def _alike(cluster: list[_Item]) -> bool:
-    """Near-copies of one object (a video frame's detection and its track's box): sizes
-    within 1.5x and the cluster's rectangle at most twice the largest member's, so one
-    render of that rectangle at the largest member's block size hides each of them at
-    least as coarsely as its own would."""
-    sizes = [i.plan.size for i in cluster]
-    x0, y0, x1, y1 = _union(cluster)
-    areas = [(r[2] - r[0]) * (r[3] - r[1]) for r in (i.plan.rect for i in cluster)]
-    return max(sizes) <= 1.5 * min(sizes) and (x1 - x0) * (y1 - y0) <= 2 * max(areas)
-
-
-def _blend_union(out: np.ndarray, cluster: list[_Item], strength: int, rng: np.random.Generator) -> None:
-    """One render for the whole cluster (a fill colour, or :func:`_alike` members) drawn
-    through the members' combined alpha: 4 bytes per pixel of work arrays, no accumulators."""
+def _blend_fill(out: np.ndarray, cluster: list[_Item]) -> None:
+    """A cluster of one fill colour: only the members' combined alpha is built (4 bytes per
+    pixel) and the colour is drawn through it; no member is rendered."""
     x0, y0, x1, y1 = _union(cluster)
     alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
     for _item, m in _masks(cluster):
@@ -244,21 +234,17 @@ def _blend_union(out: np.ndarray, cluster: list[_Item], strength: int, rng: np.r
         sub = alpha[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
         np.maximum(sub, m.alpha, out=sub)
         del m
-    first, region = cluster[0], out[y0:y1, x0:x1]
-    if first.style == "fill":
-        pix = np.empty_like(region)
-        cv2.rectangle(pix, (0, 0), (pix.shape[1], pix.shape[0]), first.color, -1)
-    else:
-        size = max(i.plan.size for i in cluster)
-        pix = render(region, first.style, size=size, strength=strength, color=first.color, rng=rng)
-    binary = first.style == "fill" and all(i.plan.feather_px < 0.5 for i in cluster)  # alpha is 0 or 1
+    binary = all(i.plan.feather_px < 0.5 for i in cluster)  # unfeathered: alpha is 0 or 1
+    region = out[y0:y1, x0:x1]
     for r0 in range(0, y1 - y0, _STRIP):
         r1 = min(y1 - y0, r0 + _STRIP)
         a, base = alpha[r0:r1], region[r0:r1]
+        solid = np.empty_like(base)
+        cv2.rectangle(solid, (0, 0), (solid.shape[1], solid.shape[0]), cluster[0].color, -1)
         if binary:
-            cv2.copyTo(pix[r0:r1], cv2.compare(a, 0.5, cv2.CMP_GT), base)  # in place, also on a view
+            cv2.copyTo(solid, cv2.compare(a, 0.5, cv2.CMP_GT), base)  # in place, also on a view
         else:
-            _mix(base, pix[r0:r1], a)
+            _mix(base, solid, a)
 
 
 def _mix(base: np.ndarray, shown: np.ndarray, alpha: np.ndarray) -> None:

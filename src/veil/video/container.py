@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator
 
 import av
 import av.error
@@ -239,15 +239,18 @@ def upright(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None = 
     return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
 
 
-#: (Kr, Kb) of the colour matrices by FFmpeg's colorspace number: BT.709, BT.2020; every
-#: other value (unspecified included) is converted as BT.601, as FFmpeg's scaler does
-_MATRIX = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+#: (Kr, Kb) of the YUV colour matrices, by FFmpeg's colorspace number, that masked crops are
+#: converted with: BT.709, BT.601 (as BT470BG and SMPTE 170M) and BT.2020 (non-constant
+#: luminance); an unspecified matrix (2) is converted as BT.601, as FFmpeg's scaler does.
+#: Any other (RGB-coded, YCgCo, SMPTE 240M, BT.2020 CL) goes through the scaler whole and
+#: the output is written as untagged BT.601.
+_MATRIX = {1: (0.2126, 0.0722), 2: (0.299, 0.114), 5: (0.299, 0.114), 6: (0.299, 0.114), 9: (0.2627, 0.0593)}
 _FULL_RANGE = 2  # FFmpeg's AVCOL_RANGE_JPEG
 
 
 def _yuv_to_rgb(colorspace: int, color_range: int) -> np.ndarray:
     """The 3x4 affine map from (Y, U, V, 1) to (R, G, B), 0-255, for :func:`cv2.transform`."""
-    kr, kb = _MATRIX.get(colorspace, (0.299, 0.114))
+    kr, kb = _MATRIX.get(colorspace, _MATRIX[2])
     kg = 1.0 - kr - kb
     ys, cs, y0 = (255.0, 255.0, 0.0) if color_range == _FULL_RANGE else (219.0, 224.0, 16.0)
     m = np.array([[1.0, 0.0, 2 * (1 - kr)], [1.0, -2 * (1 - kb) * kb / kg, -2 * (1 - kr) * kr / kg],
@@ -277,10 +280,16 @@ class YuvPicture:
         self._to_yuv = np.linalg.inv(np.vstack([self._to_rgb, [0, 0, 0, 1]]))[:3].astype(np.float32)
 
     @classmethod
-    def of(cls, frame: av.VideoFrame, size: tuple[int, int] | None = None) -> "YuvPicture | None":
+    def of(cls, frame: av.VideoFrame, size: tuple[int, int] | None = None,
+           colour: tuple[int, int] | None = None) -> "YuvPicture | None":  # fmt: skip
+        """The picture of ``frame``, or None where it must go through RGB whole: other pixel
+        formats, odd sizes, a matrix :data:`_MATRIX` does not hold, or (``colour``: the
+        output's colorspace and range) a frame whose own colour description differs."""
         if size is not None and (frame.width, frame.height) != size:
             raise VideoError(f"the picture size changes mid-stream ({size[0]}x{size[1]} to {frame.width}x{frame.height})")
-        if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+        if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2 or frame.colorspace not in _MATRIX:
+            return None
+        if colour is not None and (frame.colorspace, frame.color_range) != colour:
             return None
         return cls(frame)
 
@@ -292,14 +301,19 @@ class YuvPicture:
         yuv = cv2.merge([y, *(cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in (u, v))])
         return cv2.transform(yuv, self._to_rgb)
 
-    def paste(self, rect: tuple[int, int, int, int], rgb: np.ndarray) -> None:
-        """Put the RGB pixels ``rgb`` back into ``rect`` (even corners); chroma averaged 2x2."""
+    def paste(self, rect: tuple[int, int, int, int], rgb: np.ndarray, changed: np.ndarray) -> None:
+        """Put the RGB pixels ``rgb`` back into ``rect`` (even corners) where ``changed``
+        (bool, the crop's size) is set, and the chroma of each 2x2 block holding such a
+        pixel (averaged over the block): every other sample keeps its decoded value, so a
+        footprint's unmasked corners are not clipped to the legal range or smeared."""
         x0, y0, x1, y1 = rect
         y, u, v = cv2.split(cv2.transform(np.ascontiguousarray(rgb), self._to_yuv))
         half = ((x1 - x0) // 2, (y1 - y0) // 2)
-        self.planes[0][y0:y1, x0:x1] = y
-        self.planes[1][y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = cv2.resize(u, half, interpolation=cv2.INTER_AREA)
-        self.planes[2][y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = cv2.resize(v, half, interpolation=cv2.INTER_AREA)
+        np.copyto(self.planes[0][y0:y1, x0:x1], y, where=changed)
+        blocks = changed.reshape(half[1], 2, half[0], 2).any(axis=(1, 3))  # any of the four
+        for plane, c in ((self.planes[1], u), (self.planes[2], v)):
+            np.copyto(plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], cv2.resize(c, half, interpolation=cv2.INTER_AREA),
+                      where=blocks)  # fmt: skip
 
     def frame(self) -> av.VideoFrame:
         frame = av.VideoFrame.from_ndarray(self.data, format="yuv420p")
@@ -386,7 +400,7 @@ class VideoWriter:
         # are converted with its matrix); an untagged input stays untagged
         src_cc = src_v.codec_context
         self.colorspace, self.color_range = 2, 0  # unspecified
-        if src_cc is not None:
+        if src_cc is not None and src_cc.colorspace in _MATRIX:  # else: written as untagged BT.601
             for attr in ("colorspace", "color_range", "color_primaries", "color_trc"):
                 setattr(v.codec_context, attr, getattr(src_cc, attr))
             self.colorspace, self.color_range = src_cc.colorspace, src_cc.color_range

@@ -305,16 +305,19 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
             for frame in packet.decode():
                 if i >= n:
                     raise VideoError("the video decoded differently the second time (more frames)")
-                pic = YuvPicture.of(frame, stored) if not rep.info.rotation and writer.video.pix_fmt == "yuv420p" else None
+                colour = (writer.colorspace, writer.color_range)
+                yuv = not rep.info.rotation and writer.video.pix_fmt == "yuv420p"
+                pic = YuvPicture.of(frame, stored, colour) if yuv else None
                 if pic is not None:  # only the masked crops go through RGB
                     h, w = pic.height, pic.width
                     dets = [d.clipped(w, h) for d in tp.frames[i]]
                     masked = []
                     for rect, group in footprints(dets, options, w, h, align=2):
                         x0, y0 = rect[:2]
-                        out, done = mask_detections(pic.rgb(rect), [d.scaled(1, 1, -x0, -y0) for d in group], options,
+                        crop = pic.rgb(rect)
+                        out, done = mask_detections(crop, [d.scaled(1, 1, -x0, -y0) for d in group], options,
                                                     stage="track")  # fmt: skip
-                        pic.paste(rect, out)
+                        pic.paste(rect, out, (out != crop).any(axis=2))
                         masked += done
                     writer.write_frame(pic.frame(), frame.pts)
                 else:
