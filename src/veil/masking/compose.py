@@ -90,7 +90,7 @@ def mask_detections(
     regions: list[MaskedRegion | None] = []
     for det in detections:
         ts = options.style_for(det.target)
-        plan = plan_region(det, ts.shape, margin=options.margin, feather=options.feather, width=width, height=height)
+        plan = _plan(det, ts.shape, options, width, height)
         if plan is None:
             continue
         color = tuple(ts.color)
@@ -118,8 +118,7 @@ def footprints(detections: Sequence[Detection], options: "Options", width: int, 
     items: list[_Item] = []
     dets: list[Detection] = []
     for det in detections:
-        plan = plan_region(det, options.style_for(det.target).shape, margin=options.margin, feather=options.feather,
-                           width=width, height=height)  # fmt: skip
+        plan = _plan(det, options.style_for(det.target).shape, options, width, height)
         if plan is not None:
             items.append(_Item(len(dets), plan, "", (0, 0, 0)))
             dets.append(det)
@@ -130,6 +129,11 @@ def footprints(detections: Sequence[Detection], options: "Options", width: int, 
                   for k, lim in ((2, width), (3, height)))  # fmt: skip
         out.append(((x0, y0, x1, y1), [dets[i.index] for i in group]))
     return out
+
+
+def _plan(det: Detection, shape: str, options: "Options", width: int, height: int) -> RegionPlan | None:
+    """The region ``det`` covers under ``options``: one rule for masking and its footprints."""
+    return plan_region(det, shape, margin=options.margin, feather=options.feather, width=width, height=height)
 
 
 def _clusters(items: list[_Item]) -> list[list[_Item]]:

@@ -9,6 +9,7 @@ never copied; only the safe fields the options name are written back.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -248,6 +249,13 @@ _MATRIX = {1: (0.2126, 0.0722), 2: (0.299, 0.114), 5: (0.299, 0.114), 6: (0.299,
 _FULL_RANGE = 2  # FFmpeg's AVCOL_RANGE_JPEG
 
 
+@functools.lru_cache(maxsize=None)
+def _yuv_maps(colorspace: int, color_range: int) -> tuple[np.ndarray, np.ndarray]:
+    """The YUV-to-RGB map and its inverse, made once per colour description (not per frame)."""
+    to_rgb = _yuv_to_rgb(colorspace, color_range)
+    return to_rgb, np.linalg.inv(np.vstack([to_rgb, [0, 0, 0, 1]]))[:3].astype(np.float32)
+
+
 def _yuv_to_rgb(colorspace: int, color_range: int) -> np.ndarray:
     """The 3x4 affine map from (Y, U, V, 1) to (R, G, B), 0-255, for :func:`cv2.transform`."""
     kr, kb = _MATRIX.get(colorspace, _MATRIX[2])
@@ -265,7 +273,7 @@ class YuvPicture:
     matrix and range, in OpenCV: ~1 ms for a whole 720p frame, against ~8 ms through
     FFmpeg's scaler both ways); every other pixel reaches the encoder exactly as decoded,
     untouched by any rounding. Use :meth:`of`, which returns None for frames that must go
-    through RGB whole (other pixel formats, odd sizes).
+    through RGB whole.
     """
 
     def __init__(self, frame: av.VideoFrame):
@@ -276,8 +284,7 @@ class YuvPicture:
         flat = self.data.reshape(-1)
         self.planes = (flat[:n].reshape(h, w), flat[n : n * 5 // 4].reshape(h // 2, w // 2),
                        flat[n * 5 // 4 :].reshape(h // 2, w // 2))  # fmt: skip
-        self._to_rgb = _yuv_to_rgb(self.colorspace, self.color_range)
-        self._to_yuv = np.linalg.inv(np.vstack([self._to_rgb, [0, 0, 0, 1]]))[:3].astype(np.float32)
+        self._to_rgb, self._to_yuv = _yuv_maps(self.colorspace, self.color_range)
 
     @classmethod
     def of(cls, frame: av.VideoFrame, size: tuple[int, int] | None = None,

@@ -293,6 +293,10 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
     i = 0
     w, h = rep.info.width, rep.info.height
     stored = (h, w) if rep.info.rotation in (90, 270) else (w, h)
+    # frames masked in place as decoded (only the masked crops through RGB) where nothing
+    # turns them and the output keeps their 4:2:0 layout and colour description
+    yuv = not rep.info.rotation and writer.video.pix_fmt == "yuv420p"
+    colour = (writer.colorspace, writer.color_range)
     ok = False
     try:
         video = video_stream(container)  # never an attached picture (cover art)
@@ -305,8 +309,6 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
             for frame in packet.decode():
                 if i >= n:
                     raise VideoError("the video decoded differently the second time (more frames)")
-                colour = (writer.colorspace, writer.color_range)
-                yuv = not rep.info.rotation and writer.video.pix_fmt == "yuv420p"
                 pic = YuvPicture.of(frame, stored, colour) if yuv else None
                 if pic is not None:  # only the masked crops go through RGB
                     h, w = pic.height, pic.width
