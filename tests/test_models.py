@@ -97,14 +97,45 @@ def test_permissive_setting_refuses_copyleft_weights(monkeypatch):
     assert res.exit_code == 0 and "AGPL-3.0" in res.output and "disabled" in res.output
 
 
-def test_face_model_is_int8_calibrated_on_pinned_photos():
+@pytest.mark.parametrize("name", ["face-yolo11m", "plate-yolov8n"])
+def test_yolo_models_are_int8_with_a_float_head(name: str):
+    """The convolutions and the activations between them run quantized; the head's
+    decoding (box coordinates and scores in one tensor) stays in float."""
     import onnx
 
+    from veil.models.convert.quantize import RECIPE
+
     store = default_store()
-    ops = {n.op_type for n in onnx.load(str(store.path("face-yolo11m"))).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
-    info = store.meta("face-yolo11m")["info"]
-    assert info["int8"] and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+    graph = onnx.load(str(store.path(name))).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    quantized = {producer[n.input[0]].op_type for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producer}
+    assert {"Conv", "Mul", "Sigmoid"} <= quantized  # SiLU's ops too, not only the convolutions
+    # walk back from the output through the decoding: no quantized tensor until a Reshape
+    todo, seen = [graph.output[0].name], set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen or node.op_type in ("Reshape", "Shape"):
+            continue
+        seen.add(node.name)
+        assert node.op_type not in ("QuantizeLinear", "DequantizeLinear"), node.name
+        todo += list(node.input)
+    assert seen
+    info = store.meta(name)["info"]
+    assert info["int8"] and info["recipe"] == RECIPE and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+
+
+def test_int8_model_of_an_earlier_recipe_is_rebuilt(tmp_path: Path):
+    import json
+
+    src = default_store()
+    src.path("plate-yolov8n")
+    store = ModelStore(home=tmp_path, notify=lambda m: None)
+    shutil.copytree(src.model_dir("plate-yolov8n"), store.model_dir("plate-yolov8n"))
+    assert store.status("plate-yolov8n").ready
+    meta_path = store.model_dir("plate-yolov8n") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "calibration": {**meta["calibration"], "recipe": 1}}))
+    assert store.status("plate-yolov8n").detail == "outdated"
 
 
 def test_tampered_calibration_photo_is_refused(tmp_path: Path, monkeypatch):

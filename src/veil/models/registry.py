@@ -9,6 +9,23 @@ from __future__ import annotations
 from veil.errors import ModelError
 from veil.models.spec import ModelSpec, SourceFile
 
+#: the photos the int8 quantizer calibrates activation ranges on (only downloaded and checked)
+_CALIBRATION_PHOTOS = ModelSpec(
+    name="calibration photos",
+    targets=(),
+    registry="pypi",
+    package="ultralytics",
+    version="8.3.0",
+    files=(
+        SourceFile("ultralytics/assets/bus.jpg", "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"),
+        SourceFile("ultralytics/assets/zidane.jpg", "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"),
+    ),
+    license="AGPL-3.0",
+    converter="copy",
+    input_size=0,
+    description="two street and portrait photos the int8 quantizer calibrates on",
+)
+
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="centerface",
@@ -57,21 +74,7 @@ MODELS: tuple[ModelSpec, ...] = (
         converter="yolo-pt-int8",
         input_size=640,
         description="YOLO11m face detector trained on WIDER FACE (converted from its PyTorch checkpoint, int8)",
-        calibration=ModelSpec(
-            name="face-yolo11m (calibration photos)",
-            targets=(),
-            registry="pypi",
-            package="ultralytics",
-            version="8.3.0",
-            files=(
-                SourceFile("ultralytics/assets/bus.jpg", "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"),
-                SourceFile("ultralytics/assets/zidane.jpg", "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"),
-            ),
-            license="AGPL-3.0",
-            converter="copy",
-            input_size=0,
-            description="two street and portrait photos the int8 quantizer calibrates on",
-        ),
+        calibration=_CALIBRATION_PHOTOS,
     ),
     ModelSpec(
         name="plate-yolov8n",
@@ -81,9 +84,10 @@ MODELS: tuple[ModelSpec, ...] = (
         version="0.1.13",
         files=(SourceFile("fastanpr/best.pt", "58f6ad86f35f09574e13484ead3346ae8cc052facae150041ed4a894ac2f3828"),),
         license="AGPL-3.0",
-        converter="yolo-pt",
+        converter="yolo-pt-int8",
         input_size=640,
-        description="YOLOv8n licence-plate detector (converted from its PyTorch checkpoint)",
+        description="YOLOv8n licence-plate detector (converted from its PyTorch checkpoint, int8)",
+        calibration=_CALIBRATION_PHOTOS,
     ),
     ModelSpec(
         name="person-yolo11n-pose",

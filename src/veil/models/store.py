@@ -199,9 +199,13 @@ def fetch_files(spec: ModelSpec, out_dir: Path, model: str | None = None) -> lis
 
 
 def _calibration(spec: ModelSpec) -> dict | None:
-    """What an int8 model was calibrated on, as recorded in its cache entry."""
+    """What an int8 model was calibrated on and by which recipe, as recorded in its cache entry."""
     cal = spec.calibration
-    return None if cal is None else {"source": cal.source, "files": {Path(f.member).name: f.sha256 for f in cal.files}}
+    if cal is None:
+        return None
+    from veil.models.convert.quantize import RECIPE
+
+    return {"source": cal.source, "files": {Path(f.member).name: f.sha256 for f in cal.files}, "recipe": RECIPE}
 
 
 def _download(spec: ModelSpec, dest: Path, model: str | None = None) -> Path:

@@ -26,11 +26,6 @@ import numpy as np
 
 from veil.detection.types import Detection
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import supervision as sv
-    from supervision.tracker.byte_tracker.core import ByteTrack
-
 #: Tracked together: a face and the "head" signal of the same person alternate.
 _GROUP = {"face": "face", "head": "face", "person": "person", "plate": "plate"}
 #: Growth of boxes that no detector saw in that frame (interpolated or extended).
@@ -93,9 +88,16 @@ def link(frames: Sequence[Sequence[Detection] | None], shots: Sequence[int], fps
     # a header's rate may be anything (1000000/1, 1/1000): bounded, and ByteTrack keeps a lost
     # track frame_rate / 30 * buffer frames, so the buffer gives it at least 5 at any rate
     fps = min(max(fps, 1.0), 240.0)
+    # imported here, not with the module: supervision pulls in SciPy and its annotators
+    # (~0.4 s), which every photo command would otherwise pay at start-up through the CLI
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import supervision as sv
+        from supervision.tracker.byte_tracker.core import ByteTrack
+
     tracks: list[Track] = []
     for group in ("face", "person", "plate"):
-        tracker: ByteTrack | None = None
+        tracker = None
         live: dict[int, Track] = {}
         shot_now = -1
         for i, dets in enumerate(frames):
