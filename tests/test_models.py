@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -42,16 +43,20 @@ def test_tampered_model_fails_verify(tmp_path: Path):
     assert not ok and "SHA-256" in why
 
 
-def test_model_cached_by_another_converter_is_fetched_again(tmp_path: Path):
-    import json
-
+def _cached_copy(tmp_path: Path, name: str) -> tuple[ModelStore, Path, dict]:
+    """A store in ``tmp_path`` holding a copy of the cached ``name``: the store, the copy's
+    meta.json and what it holds."""
     src = default_store()
-    src.path("yunet")
+    src.path(name)
     store = ModelStore(home=tmp_path, notify=lambda m: None)
-    shutil.copytree(src.model_dir("yunet"), store.model_dir("yunet"))
-    assert store.status("yunet").ready
-    meta_path = store.model_dir("yunet") / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    shutil.copytree(src.model_dir(name), store.model_dir(name))
+    assert store.status(name).ready
+    meta_path = store.model_dir(name) / "meta.json"
+    return store, meta_path, json.loads(meta_path.read_text())
+
+
+def test_model_cached_by_another_converter_is_fetched_again(tmp_path: Path):
+    store, meta_path, meta = _cached_copy(tmp_path, "yunet")
     meta_path.write_text(json.dumps({**meta, "converter": "copy"}))
     st = store.status("yunet")
     assert not st.ready and st.detail == "outdated"
@@ -125,15 +130,7 @@ def test_yolo_models_are_int8_with_a_float_head(name: str):
 
 
 def test_int8_model_of_an_earlier_recipe_is_rebuilt(tmp_path: Path):
-    import json
-
-    src = default_store()
-    src.path("plate-yolov8n")
-    store = ModelStore(home=tmp_path, notify=lambda m: None)
-    shutil.copytree(src.model_dir("plate-yolov8n"), store.model_dir("plate-yolov8n"))
-    assert store.status("plate-yolov8n").ready
-    meta_path = store.model_dir("plate-yolov8n") / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    store, meta_path, meta = _cached_copy(tmp_path, "plate-yolov8n")
     meta_path.write_text(json.dumps({**meta, "calibration": {**meta["calibration"], "recipe": 1}}))
     assert store.status("plate-yolov8n").detail == "outdated"
 
