@@ -2,7 +2,7 @@
 
 Usage:
     python bench/video_replay.py [--photos 20] [--seconds 2] [--seed 5] [--preset balanced]
-        [--list 40]
+        [--list 40] [--every N] [--between-every N]
 
 Builds bench/video.py's labelled Ken-Burns clip (same ``--photos``/``--seconds``/``--seed``),
 runs the detectors the schedule asks for on each frame (cached under ~/.cache/veil-bench,
@@ -103,12 +103,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--list", type=int, default=40, help="misses to list")
+    ap.add_argument("--every", type=int, default=0, help="try the full detectors on every N-th frame instead of the schedule's")
+    ap.add_argument("--between-every", type=int, default=0, help="try the lighter detectors on every N-th frame between")
     args = ap.parse_args()
+    from dataclasses import replace
+
+    from veil.models.store import default_store
     from veil.video import pipeline as vp
     from veil.video.tracks import plan
 
     sched = vp.SCHEDULES.get(args.preset, vp.Schedule())
-    cache = Path.home() / ".cache" / "veil-bench" / f"video-{args.preset}-p{args.photos}-s{args.seconds}-seed{args.seed}.pkl"
+    if args.every:
+        sched = replace(sched, every=args.every)
+    if args.between_every:
+        sched = replace(sched, between_every=args.between_every)
+    print(f"schedule: {sched}", file=sys.stderr)
+    # cached detections are only valid for the models that made them
+    models = "-".join(default_store().meta(m).get("onnx_sha256", "")[:8] for m in ("face-yolo11m", "centerface"))
+    cache = Path.home() / ".cache" / "veil-bench" / f"video-{args.preset}-p{args.photos}-s{args.seconds}-seed{args.seed}-{models}.pkl"
     clip = cache.with_suffix(".mp4")
     if cache.exists():
         labels, full, lite, shots = pickle.loads(cache.read_bytes())
