@@ -2,7 +2,7 @@
 
 Usage:
     python bench/video_replay.py [--photos 20] [--seconds 2] [--seed 5] [--preset balanced]
-        [--list 40] [--every N] [--between-every N]
+        [--list 40] [--every N] [--between-every N] [--union]
 
 Builds bench/video.py's labelled Ken-Burns clip (same ``--photos``/``--seconds``/``--seed``),
 runs the detectors the schedule asks for on each frame (cached under ~/.cache/veil-bench,
@@ -46,9 +46,12 @@ def shots_of(clip: Path) -> list[int]:
     return shots
 
 
-def detect_missing(clip: Path, preset: str, between: str | None, wanted: list[str | None], full: dict, lite: dict) -> bool:
-    """Run the detectors the schedule ``wanted`` on frames not yet in the caches ``full``/``lite``."""
-    need = [i for i, p in enumerate(wanted) if (p == "full" and i not in full) or (p == "between" and i not in lite)]
+def detect_missing(clip: Path, preset: str, between: str | None, wanted: list[str | None], full: dict, lite: dict,
+                   union: bool = False) -> bool:  # fmt: skip
+    """Run the detectors the schedule ``wanted`` on frames not yet in the caches ``full``/``lite``
+    (``union``: the lighter detectors on the full frames too)."""
+    need = [i for i, p in enumerate(wanted)
+            if (p == "full" and (i not in full or (union and between and i not in lite))) or (p == "between" and i not in lite)]  # fmt: skip
     if not need:
         return False
     from veil.detection.engine import get_engine
@@ -62,9 +65,9 @@ def detect_missing(clip: Path, preset: str, between: str | None, wanted: list[st
             if i not in todo:
                 continue
             rgb = fr.to_ndarray(format="rgb24")
-            if wanted[i] == "full":
+            if wanted[i] == "full" and i not in full:
                 full[i] = heavy.detect(rgb, targets=("face",))
-            else:
+            if (wanted[i] == "between" or union) and i not in lite:
                 lite[i] = light.detect(rgb, targets=("face",)) if light else []
     return True
 
@@ -104,6 +107,7 @@ def main() -> None:
     ap.add_argument("--preset", default="balanced")
     ap.add_argument("--list", type=int, default=40, help="misses to list")
     ap.add_argument("--every", type=int, default=0, help="try the full detectors on every N-th frame instead of the schedule's")
+    ap.add_argument("--union", action="store_true", help="try the lighter detectors on the full frames too (their union)")
     ap.add_argument("--between-every", type=int, default=0, help="try the lighter detectors on every N-th frame between")
     args = ap.parse_args()
     from dataclasses import replace
@@ -130,9 +134,10 @@ def main() -> None:
         full, lite, shots = {}, {}, shots_of(clip)
     options = Options(targets=("face",), preset=args.preset)
     passes = vp.schedule_passes(sched, shots)
-    if detect_missing(clip, args.preset, sched.between, passes, full, lite):
+    if detect_missing(clip, args.preset, sched.between, passes, full, lite, args.union):
         cache.write_bytes(pickle.dumps((labels, full, lite, shots)))
-    frames = [full[i] if p == "full" else lite[i] if p == "between" else None for i, p in enumerate(passes)]
+    frames = [(full[i] + (lite[i] if args.union and sched.between else [])) if p == "full" else lite[i] if p == "between" else None
+              for i, p in enumerate(passes)]  # fmt: skip
     tp = plan(frames, shots, 25.0, extend=vp.track_extension(options), size=(W, H))
     hidden = [covered(tp.frames[i], labels[i], options.margin) for i in range(len(labels))]
     area = np.mean([_filled_share(tp.frames[i], options.margin) for i in range(0, len(labels), 5)])
