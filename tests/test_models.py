@@ -131,8 +131,29 @@ def test_yolo_models_are_int8_with_a_float_head(name: str):
 
 def test_int8_model_of_an_earlier_recipe_is_rebuilt(tmp_path: Path):
     store, meta_path, meta = _cached_copy(tmp_path, "plate-yolov8n")
-    meta_path.write_text(json.dumps({**meta, "calibration": {**meta["calibration"], "recipe": 1}}))
+    old = {k: v for k, v in meta["calibration"].items() if k != "recipe"}  # as veil wrote it before recipes
+    meta_path.write_text(json.dumps({**meta, "calibration": old}))
     assert store.status("plate-yolov8n").detail == "outdated"
+
+
+def test_int8_conversion_refuses_a_graph_it_cannot_keep_a_float_head_in():
+    """Nodes are excluded by name, and a head the rule does not find would be quantized
+    (every score rounded to 0): both are refused, not built."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from veil.models.convert.quantize import float_nodes
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [1.0] * 9)
+    graph = lambda *nodes: helper.make_model(helper.make_graph(list(nodes), "g", [x], [y], [w]))  # noqa: E731
+    conv = helper.make_node("Conv", ["images", "w"], ["c"], name="conv")
+    with pytest.raises(ModelError, match="no float decoding head"):
+        float_nodes(graph(conv, helper.make_node("Sigmoid", ["c"], ["out"], name="sig")))
+    with pytest.raises(ModelError, match="unique names"):
+        float_nodes(graph(conv, helper.make_node("Sigmoid", ["c"], ["out"])))
+    onnx.checker.check_model(graph(conv, helper.make_node("Sigmoid", ["c"], ["out"], name="sig")))
 
 
 def test_tampered_calibration_photo_is_refused(tmp_path: Path, monkeypatch):

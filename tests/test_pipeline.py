@@ -253,16 +253,14 @@ def _finds(box: np.ndarray, ref: np.ndarray) -> bool:
     return covered_fraction(ref, box[None]) >= COVER or _iou(box, ref) >= MATCH_IOU
 
 
-_PIXELATE_SMALL_FACES = pytest.mark.xfail(
-    strict=True,
-    reason="known limit: pixelate at strength 0 (4.5 blocks) leaves the two 50 px faces of bus.jpg "
-    "a face to YOLO11m (0.59, 0.68; the float model 0.61, 0.71): the mean is 0.28 against the "
-    "patches' 0.17. Fewer blocks (3-4) pass this but make deconvolution correlate with the "
-    "face's detail (r 0.16-0.23 against a chance level of ~0.13); see the README",
-)
+#: known limit (see the README): pixelate at strength 0 (4.5 blocks) leaves the two 50 px
+#: faces of bus.jpg a face to YOLO11m (0.59, 0.68; the float model 0.61, 0.71): the mean is
+#: 0.28 against the patches' 0.17. Fewer blocks (3-4) pass this but make deconvolution
+#: correlate with the face's detail (r 0.16-0.23 against a chance level of ~0.13).
+_PIXELATE_SMALL_FACES = "pixelate at strength 0 leaves small faces a face to YOLO11m (known limit, see the README)"
 
 
-@pytest.mark.parametrize("style", ["blur", pytest.param("pixelate", marks=_PIXELATE_SMALL_FACES), "fill"])
+@pytest.mark.parametrize("style", ["blur", "pixelate", "fill"])
 def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, photos, lbp):
     """Irreversibility: at the weakest strength, the detectors see no more of the faces
     than of flat patches of their mean colours.
@@ -273,7 +271,9 @@ def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, phot
     outline around it, and its answer on one head moves by up to ~0.3 with any change
     (the float model scores those patches 0.27, 0.00 and 0.22). So over the six faces of
     four real photos, its mean score on the hidden faces may not exceed its mean on the
-    patches by more than 0.1 (unmasked, the faces score 0.66-0.87: 0.81 on average). The
+    patches by more than 0.1, nor any face its own patch by more than 0.3 (unmasked, the
+    faces score 0.66-0.87: 0.81 on average; two of the photos, bus and zidane, are the ones
+    the int8 quantizer calibrates on). The
     LBP cascade must no longer find a face it found before (its best match to the face;
     it also fires on smaller parts of faces and on the background). The masks' dithering
     is seeded.
@@ -290,7 +290,13 @@ def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, phot
         patch = flat_patch(rgb, faces)
         masked += [face_score(engine, out, f) for f in faces]
         flat += [face_score(engine, patch, f) for f in faces]
-    assert len(masked) == 6 and np.mean(masked) <= np.mean(flat) + 0.1, (masked, flat)
+    assert len(masked) == 6
+    # on average no more than the patches, and no single face clearly re-found either
+    ok = np.mean(masked) <= np.mean(flat) + 0.1 and all(m <= f + 0.3 for m, f in zip(masked, flat, strict=True))
+    if style == "pixelate":
+        assert not ok, "pixelate now passes: drop its known-limit note here and in the README"
+    else:
+        assert ok, (masked, flat)
     for name in ("astronaut", "hopper"):
         rgb, faces = real_faces[name]
         out, _ = anonymize(load_image(_png(rgb)), Options(style=style, strength=0), regions=faces, rng=np.random.default_rng(0))
@@ -298,6 +304,8 @@ def test_strength_zero_faces_are_not_found_again(style, engine, real_faces, phot
         assert _iou(seen, faces[0].box) > 0.5, "the cascade does see the original"
         if style != "pixelate":  # a 4-block mosaic is a "tiny face" to a 24x24 cascade window
             assert not [b for b in lbp(out) if _iou(b, seen) >= 0.5], name
+    if style == "pixelate":
+        pytest.xfail(_PIXELATE_SMALL_FACES)
 
 
 def test_end_to_end_rotated_jpeg_is_upright_with_upright_boxes(engine, real_faces):

@@ -289,9 +289,12 @@ def test_blank_frames_between_detections_stay_hidden(tmp_path, engine):
 def test_the_schedule_counts_from_each_shots_first_frame():
     from veil.video.pipeline import SCHEDULES, Schedule, schedule_passes
 
-    passes = schedule_passes(SCHEDULES["balanced"], [0] * 6 + [1] * 7)
+    passes = schedule_passes(Schedule(every=4, between="fast"), [0] * 6 + [1] * 7)
     full = [i for i, p in enumerate(passes) if p == "full"]
     assert full == [0, 4, 6, 10]  # every 4th frame of each shot, from its start (not 8: 2 after a cut)
+    passes = schedule_passes(SCHEDULES["balanced"], [0] * 6 + [1] * 7)
+    assert [i for i, p in enumerate(passes) if p == "full"] == [0, 3, 6, 9, 12]  # balanced: every 3rd
+    assert {p for p in passes if p != "full"} == {"between"}  # CenterFace on every frame between
     assert schedule_passes(Schedule(every=4, between="fast", between_every=2), [0] * 7) == [
         "full", None, "between", None, "full", None, "between"]  # fmt: skip
     assert schedule_passes(SCHEDULES["fast"], [0] * 3 + [1] * 2) == ["full", None, "full", "full", None]

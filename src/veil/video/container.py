@@ -308,6 +308,13 @@ class YuvPicture:
         yuv = cv2.merge([y, *(cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in (u, v))])
         return cv2.transform(yuv, self._to_rgb)
 
+    @staticmethod
+    def changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Pixels (bool, ``H x W``) where two RGB crops differ in any channel (10x faster than
+        numpy's ``(a != b).any(axis=2)``, which cost ~5 ms a frame)."""
+        d = cv2.absdiff(before, after)
+        return (d[..., 0] | d[..., 1] | d[..., 2]) != 0
+
     def paste(self, rect: tuple[int, int, int, int], rgb: np.ndarray, changed: np.ndarray) -> None:
         """Put the RGB pixels ``rgb`` back into ``rect`` (even corners) where ``changed``
         (bool, the crop's size) is set, and the chroma of each 2x2 block holding such a
@@ -317,7 +324,8 @@ class YuvPicture:
         y, u, v = cv2.split(cv2.transform(np.ascontiguousarray(rgb), self._to_yuv))
         half = ((x1 - x0) // 2, (y1 - y0) // 2)
         np.copyto(self.planes[0][y0:y1, x0:x1], y, where=changed)
-        blocks = changed.reshape(half[1], 2, half[0], 2).any(axis=(1, 3))  # any of the four
+        m = changed.view(np.uint8)  # any of the four (numpy's any over axes costs ~17x this)
+        blocks = (m[0::2, 0::2] | m[0::2, 1::2] | m[1::2, 0::2] | m[1::2, 1::2]).view(bool)
         for plane, c in ((self.planes[1], u), (self.planes[2], v)):
             np.copyto(plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], cv2.resize(c, half, interpolation=cv2.INTER_AREA),
                       where=blocks)  # fmt: skip

@@ -1,9 +1,9 @@
 """int8 YOLO models: veil's own ONNX conversion, then onnxruntime's static quantizer.
 
-A medium-sized detector (YOLO11m) is the cost of a whole photo's detection on a CPU. In
-int8 it runs ~2.2x faster than in float (111 -> 69 ms on a 640 x 384 input against
-float's 154; convolutions alone gave 1.4x) with the same recall on the face set: the
-convolutions (weights per channel) and the ops between them (SiLU's Sigmoid and Mul, the
+A medium-sized detector (YOLO11m faces; the plate model's YOLOv8n too) is the cost of a
+whole photo's detection on a CPU. In int8 the face model runs 69 ms on a 640 x 384 input
+against 154 ms in float (convolutions alone in int8: 111 ms), with the same recall on the
+face set: the convolutions (weights per channel) and the ops between them (SiLU's Sigmoid and Mul, the
 residual Adds, Concat, MaxPool, Resize, Split, Slice: activations per tensor) run
 quantized, while the detection head's decoding stays in float (``float_nodes``): its box
 coordinates and class scores share one output tensor, and one uint8 range for both would
@@ -65,6 +65,10 @@ def float_nodes(model) -> list[str]:
                     todo += list(n.output)
         return seen
 
+    names = [n.name for n in model.graph.node]
+    if "" in names or len(set(names)) != len(names):
+        # the quantizer excludes nodes by name: unnamed or shared names would exclude all or none
+        raise ModelError("int8 conversion needs a graph whose nodes have unique names")
     inputs = [i.name for i in model.graph.input]
     from_image = below(inputs, stop=lambda n: n.op_type == "Shape")
     ops = {n.name: n.op_type for n in model.graph.node}
@@ -74,7 +78,12 @@ def float_nodes(model) -> list[str]:
             after = below(n.output)
             if not any(ops[m] == "Conv" for m in after):
                 head |= after | {n.name}
-    return [n.name for n in model.graph.node if n.name not in from_image or n.name in head]
+    keep = [n.name for n in model.graph.node if n.name not in from_image or n.name in head]
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    if any(producer.get(o.name) not in keep for o in model.graph.output):
+        # a head this rule does not recognise: quantizing its decoding would zero every score
+        raise ModelError("int8 conversion found no float decoding head in this graph")
+    return keep
 
 
 def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
