@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 from veil.detection.types import Detection
 from veil.errors import VeilError, VideoError
 from veil.imageio import atomic_file
+from veil.imageio.nature import changed_pixels
 from veil.inference.memory import release_freed_memory
 from veil.masking import footprints, mask_detections
 from veil.pipeline.core import wanted_detections
@@ -324,7 +325,7 @@ def _encode(src: str | BinaryIO, dst: BinaryIO, options: Options, tp: TrackPlan,
                         crop = pic.rgb(rect)
                         out, done = mask_detections(crop, [d.scaled(1, 1, -x0, -y0) for d in group], options,
                                                     stage="track")  # fmt: skip
-                        pic.paste(rect, out, pic.changed(crop, out))
+                        pic.paste(rect, out, changed_pixels(out, crop))
                         masked += done
                     writer.write_frame(pic.frame(), frame.pts)
                 else:
