@@ -33,6 +33,7 @@ from video import H, MIN_PX, W, ken_burns  # noqa: E402
 
 from veil.detection.types import Detection  # noqa: E402
 from veil.pipeline.options import Options  # noqa: E402
+from veil.video.container import upright  # noqa: E402
 from veil.video.cuts import CutDetector  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def shots_of(clip: Path) -> list[int]:
     cuts, shots, shot = CutDetector(), [], 0
     with av.open(str(clip)) as c:
         for fr in c.decode(video=0):
-            shot += cuts.is_cut(fr.to_ndarray(format="rgb24"))
+            shot += cuts.is_cut(upright(fr, 0))
             shots.append(shot)
     return shots
 
@@ -64,7 +65,7 @@ def detect_missing(clip: Path, preset: str, between: str | None, wanted: list[st
         for i, fr in enumerate(c.decode(video=0)):
             if i not in todo:
                 continue
-            rgb = fr.to_ndarray(format="rgb24")
+            rgb = upright(fr, 0)  # as the pipeline converts frames: detections depend on it
             if wanted[i] == "full" and i not in full:
                 full[i] = heavy.detect(rgb, targets=("face",))
             if (wanted[i] == "between" or union) and i not in lite:
@@ -122,9 +123,10 @@ def main() -> None:
     if args.between_every:
         sched = replace(sched, between_every=args.between_every)
     print(f"schedule: {sched}", file=sys.stderr)
-    # cached detections are only valid for the models that made them
+    # cached detections are only valid for the models that made them (and for frames
+    # converted to RGB as the pipeline does: "rgb2")
     models = "-".join(default_store().meta(m).get("onnx_sha256", "")[:8] for m in ("face-yolo11m", "centerface"))
-    cache = Path.home() / ".cache" / "veil-bench" / f"video-{args.preset}-p{args.photos}-s{args.seconds}-seed{args.seed}-{models}.pkl"
+    cache = Path.home() / ".cache" / "veil-bench" / f"video-{args.preset}-p{args.photos}-s{args.seconds}-seed{args.seed}-{models}-rgb2.pkl"
     clip = cache.with_suffix(".mp4")
     if cache.exists():
         labels, full, lite, shots = pickle.loads(cache.read_bytes())
