@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from video import H, MIN_PX, W, ken_burns  # noqa: E402
+from video import H, W, ken_burns  # noqa: E402
 
 from veil.detection.types import Detection  # noqa: E402
 from veil.pipeline.options import Options  # noqa: E402
@@ -146,7 +146,7 @@ def main() -> None:
     faces = sum(len(r) for r in labels)
     found = sum(sum(r) for r in hidden)
     bad = sum(1 for r in hidden if not all(r))
-    longest, run, worst = 0, {}, {}
+    longest, run = 0, {}
     misses = []
     for i, (row, hid) in enumerate(zip(labels, hidden, strict=True)):
         run = {key: run.get(key, 0) + 1 for (key, _b), h in zip(row, hid, strict=True) if not h}
