@@ -9,7 +9,7 @@ import numpy as np
 
 from veil.detection.boxes import nms
 from veil.detection.types import Detection
-from veil.inference.session import get_session, run_options
+from veil.inference.session import get_session, sized_session
 from veil.models.preprocess import planar_blob
 
 
@@ -34,7 +34,8 @@ class CenterFace:
     def __call__(self, rgb: np.ndarray, threshold: float, scale: float = 1.0) -> list[Detection]:
         img, sx, sy = _resize_to_multiple(rgb, scale)
         blob = planar_blob(img)
-        heat, size, off, lms = self.session.run(None, {self.input: blob}, run_options(self.model, img.shape[0] * img.shape[1]))
+        session = sized_session(self.model, img.shape[0] * img.shape[1])  # small frames: an arena
+        heat, size, off, lms = session.run(None, {self.input: blob})
         heat = heat[0, 0]
         ys, xs = np.where(heat > threshold)
         if len(ys) == 0:

@@ -5,7 +5,8 @@ Within one photo glibc's heap reuses them cheaply; between photos the freed page
 stay resident (and fragment), which adds up at ``--jobs N``. Trimming once per photo
 keeps the reuse and returns the rest. (Forcing every large buffer through mmap instead,
 or onnxruntime's arena, costs far more: a page fault per buffer, or the arena's
-power-of-two growth kept for the process' life.)
+power-of-two growth kept for the process' life; only CenterFace's small inputs get an
+arena, see ``veil.inference.session.ARENA_MODELS``.)
 """
 
 from __future__ import annotations

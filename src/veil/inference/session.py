@@ -16,16 +16,17 @@ from veil.models.store import default_store
 if hasattr(ort, "disable_telemetry_events"):  # no telemetry events (see veil/__init__.py)
     ort.disable_telemetry_events()
 
-_SESSIONS: dict[str, ort.InferenceSession] = {}
+_SESSIONS: dict[tuple[str, bool], ort.InferenceSession] = {}
 _LOCK = threading.Lock()
-#: Models whose session keeps a memory arena. Without one, CenterFace in float allocates its
-#: large activations from the system anew on every run (26 against 15 ms on a 672 x 384
-#: input: a 720p video frame at ``fast``'s 0.25 MP, as every frame between full passes
-#: gets in video); the other models run as fast without one.
+#: Models that get a second session keeping a memory arena, for small inputs. Without one,
+#: CenterFace in float allocates its large activations from the system anew on every run
+#: (26 against 15 ms on a 672 x 384 input: a 720p video frame at ``fast``'s 0.25 MP, as
+#: every frame between full passes gets in video); the other models run as fast without.
 ARENA_MODELS = frozenset({"centerface"})
-#: ... an input of more than this many pixels gives the arena's memory back after its run
-#: (``run_options``), so only small inputs' buffers (~40 MB at 0.25 MP) stay for reuse.
-ARENA_KEEP_PIXELS = 0.5e6
+#: ... inputs of at most this many pixels run on that session. Its arena keeps the buffers
+#: of the largest such run (about 15 MB at 0.25 MP, 70 MB at 0.5 MP, per concurrent run)
+#: for the life of the process; larger inputs run on the plain session and keep nothing.
+ARENA_MAX_PIXELS = 0.5e6
 _PREFERRED = ("CUDAExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider")
 
 
@@ -37,38 +38,29 @@ def providers() -> list[str]:
     return [p for p in _PREFERRED if p in available] + ["CPUExecutionProvider"]
 
 
-def get_session(name: str) -> ort.InferenceSession:
-    """The shared session for model ``name`` (fetched on first use)."""
+def get_session(name: str, *, arena: bool = False) -> ort.InferenceSession:
+    """The shared session for model ``name`` (fetched on first use); ``arena``: the one
+    that keeps a memory arena (see ``sized_session``)."""
     with _LOCK:
-        sess = _SESSIONS.get(name)
+        sess = _SESSIONS.get((name, arena))
         if sess is not None:
             return sess
         path = default_store().path(name)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Inputs change size with every photo; an arena would keep the largest one's
-        # buffers for the life of the process (the main cost of memory at --jobs N), so
-        # only the models of ARENA_MODELS have one, emptied after large inputs.
-        opts.enable_cpu_mem_arena = name in ARENA_MODELS
+        # buffers for the life of the process (the main cost of memory at --jobs N)
+        opts.enable_cpu_mem_arena = arena
         threads = os.environ.get("VEIL_THREADS")
         if threads:
             opts.intra_op_num_threads = max(1, int(threads))
             opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers())
-        _SESSIONS[name] = sess
+        _SESSIONS[(name, arena)] = sess
         return sess
 
 
-def _shrink_options() -> ort.RunOptions:
-    opts = ort.RunOptions()
-    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    return opts
-
-
-_SHRINK = _shrink_options()
-
-
-def run_options(name: str, pixels: int) -> ort.RunOptions | None:
-    """Options for one run of model ``name`` on an input of ``pixels`` pixels: a model with
-    an arena returns the memory of a large input's run to the system at its end."""
-    return _SHRINK if name in ARENA_MODELS and pixels > ARENA_KEEP_PIXELS else None
+def sized_session(name: str, pixels: int) -> ort.InferenceSession:
+    """The session to run model ``name`` on an input of ``pixels`` pixels: the arena one
+    for small inputs of the ``ARENA_MODELS``, else the plain one."""
+    return get_session(name, arena=name in ARENA_MODELS and pixels <= ARENA_MAX_PIXELS)
