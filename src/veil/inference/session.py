@@ -62,5 +62,9 @@ def get_session(name: str, *, arena: bool = False) -> ort.InferenceSession:
 
 def sized_session(name: str, pixels: int) -> ort.InferenceSession:
     """The session to run model ``name`` on an input of ``pixels`` pixels: the arena one
-    for small inputs of the ``ARENA_MODELS``, else the plain one."""
-    return get_session(name, arena=name in ARENA_MODELS and pixels <= ARENA_MAX_PIXELS)
+    for small inputs of the ``ARENA_MODELS`` on the CPU, else the plain one (an
+    accelerator's own allocator has nothing to gain from a second session)."""
+    plain = get_session(name)
+    if name in ARENA_MODELS and pixels <= ARENA_MAX_PIXELS and plain.get_providers()[0] == "CPUExecutionProvider":
+        return get_session(name, arena=True)
+    return plain
