@@ -508,3 +508,13 @@ def test_centerface_keeps_its_arena_only_for_small_inputs():
     assert out.returncode == 0, out.stderr
     # kept in an arena, the 12 MP runs' buffers would be ~1.7-2.6 GB
     assert int(out.stdout.split()[-1]) < 200, out.stdout
+
+
+def test_sessions_stop_spinning_when_a_run_ends():
+    """A photo runs several models in turn: threads left spinning by one model's run would
+    take the cores from the next one's (faces + plates of a 720p frame: 211 against 152 ms)."""
+    from veil.inference.session import get_session
+
+    for name in ("centerface", "plate-yolov8n"):
+        opts = get_session(name).get_session_options()
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
