@@ -85,9 +85,9 @@ class Schedule:
 #: where CenterFace sees them) at under half the cost (bench/video.py). Every object a
 #: full pass finds is hidden from ``every - 1`` frames before (the track's extension).
 #: Every 3rd rather than 4th since the face model's activations run in int8 (its plan ~95 ms
-#: a 720p frame, CenterFace's ~23 with its session's arena): replayed, seed 5 99.90% / 0.40% of frames with
-#: a face visible / longest run 2 (every 4th: 99.88% / 0.50% / 3), seed 11 98.58% / 3.13% /
-#: 38 (98.38% / 3.33% / 31); every 2nd: 99.95% / 0.20% / 2 and 98.80% / 3.33% / 43 at ~15%
+#: a 720p frame, CenterFace's ~23 with its session's arena): replayed, seed 5 99.90% /
+#: 0.40% of frames with a face visible / longest run 2 (every 4th: 99.88% / 0.50% / 3),
+#: seed 11 98.58% / 3.13% / 38 (98.38% / 3.33% / 31); every 2nd: 99.95% / 0.20% / 2 and 98.80% / 3.33% / 43 at ~15%
 #: more time per frame, which the speed target does not allow.
 #: Measured from cached detections (``python bench/video_replay.py --photos 20 --seed 5``
 #: and ``--photos 30 --seed 11``): the full detectors also on each shot's last frame made
