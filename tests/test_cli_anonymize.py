@@ -253,3 +253,22 @@ def test_available_memory_is_read_from_the_system():
 
     if sys.platform.startswith("linux"):
         assert 50e6 < available_memory() < 1e15
+
+
+def test_batch_workers_and_the_command_start_light():
+    """A batch's spawned worker first re-imports the ``veil`` script as ``__mp_main__``, then
+    ``veil.cli.batch_item`` for its task: neither may pull in the command line (typer,
+    rich, every command's module: ~0.3 s of each worker's start-up). The command line
+    itself starts without the models' runtime and the video stack."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("veil")
+    assert script.is_file(), "the veil command is installed with the package"
+    worker = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='__mp_main__'); import veil.cli.batch_item; "
+              "print(sorted(m for m in ('typer', 'rich', 'veil.cli.main', 'av', 'onnxruntime') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", worker, str(script)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    command = "import sys, veil.cli.main; print(sorted(m for m in ('av', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -28,10 +28,10 @@ from rich.progress import (
 from rich.text import Text
 
 from veil.cli.bulk import check_engine, ray_items
-from veil.cli.common import console, err_console, record_failure, user_errors
-from veil.cli.lifeline import die_with_parent
+from veil.cli.batch_item import init_worker, process_one
+from veil.cli.common import console, err_console, user_errors
 from veil.cli.paths import collect_images
-from veil.cli.resume import Manifest, file_sha256, remove_stale_temporaries
+from veil.cli.resume import Manifest, remove_stale_temporaries
 from veil.cli.video import print_video_dry_run, process_video, video_extension
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import EXTENSIONS, atomic_write
@@ -138,33 +138,6 @@ def available_memory() -> int:
     return avail
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    die_with_parent(parent)  # a kill -9 of the command must not leave workers writing
-    import cv2
-
-    cv2.setNumThreads(1)  # --jobs already uses the cores
-    os.environ.setdefault("VEIL_THREADS", str(threads))  # before any model session exists
-
-
-def process_one(src: str, dst: str, options: Options, dry_run: bool, in_place: bool, hashes: bool = False) -> dict[str, Any]:
-    """Anonymize one file; never raises for a bad file (the batch goes on). With
-    ``hashes``, ``item["_hashes"]`` holds the SHA-256 of the input and the output."""
-    from veil.pipeline.core import anonymize_file
-
-    item: dict[str, Any] = {"path": src, "output": None if dry_run else dst, "ok": False}
-    try:
-        if not dry_run:
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        source_sha = file_sha256(src) if hashes else ""  # before: a changed input is redone next time
-        report = anonymize_file(Path(src), None if dry_run else Path(dst), options, overwrite_input=in_place)
-        item.update(ok=True, report=report.to_json())
-        if hashes:
-            item["_hashes"] = (source_sha, file_sha256(dst))
-    except Exception as exc:  # noqa: BLE001 (recorded per file, see record_failure)
-        record_failure(item, exc)
-    return item
-
-
 def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_place: bool, workers: int,
          manifest: Manifest | None = None) -> Iterator[dict]:  # fmt: skip
     """Process ``jobs`` here or in ``workers`` processes; each finished output is recorded
@@ -180,7 +153,7 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding ONNX threads
     workers = min(workers, len(args))
     threads = max(1, _cores() // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(threads, os.getpid()))
     with pool:
         with huge_pages_for_children():  # spawn-based pools start every worker during the first submits
             futures = [pool.submit(process_one, *a) for a in args]

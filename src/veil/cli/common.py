@@ -47,19 +47,3 @@ def parse_targets(value: str | None, default: tuple[str, ...]) -> tuple[str, ...
         if t not in TARGETS:
             raise OptionsError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", field="targets")
     return targets
-
-
-def record_failure(item: dict, exc: Exception) -> None:
-    """Note why one file of a batch failed in its result ``item`` (the batch goes on):
-    a missing model is fatal for the batch, a bad file or an OS error is that file's,
-    anything else is a bug on one odd file that must not lose the rest of the batch."""
-    from veil.errors import ModelError
-
-    if isinstance(exc, ModelError):
-        item.update(error=str(exc), fatal=True)
-    elif isinstance(exc, VeilError):
-        item["error"] = str(exc)
-    elif isinstance(exc, OSError):
-        item["error"] = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-    else:
-        item["error"] = f"internal error ({type(exc).__name__}: {exc})"

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from veil.cli.common import err_console, parse_targets, user_errors
 from veil.cli.paths import collect_images
 from veil.cli.video import detect_video_lines, video_extension
-from veil.detection.engine import get_engine
 from veil.detection.types import TARGETS
 from veil.errors import VeilError
 from veil.imageio import atomic_file, atomic_write, load_image
@@ -34,6 +33,8 @@ def detect(
     Photos only: one JSON document. With a video among the inputs: JSON lines, one per
     photo and one per video frame (with track ids).
     """
+    from veil.detection.engine import get_engine  # here: the command line starts without the models
+
     tg = parse_targets(targets, TARGETS)
     engine = get_engine(preset)
     files = collect_images(paths)

@@ -11,12 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from veil.cli.common import console, err_console, parse_targets, user_errors
-from veil.detection.engine import get_engine
 from veil.evaluation.labels import load_labels, targets_in
 from veil.evaluation.metric import BUCKETS
 from statistics import median
 
-from veil.evaluation.runner import evaluate as run_eval, pooled
 from veil.pipeline.options import option_help
 
 
@@ -33,6 +31,9 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Recall (coverage >= 50%) overall and by height, boxes per image, precision, latency."""
+    from veil.detection.engine import get_engine  # here: the command line starts without the models
+    from veil.evaluation.runner import evaluate as run_eval, pooled
+
     sets = [(str(p), load_labels(p)) for p in dict.fromkeys(labels)]
     all_images = [im for _, ims in sets for im in ims]
     tg = parse_targets(targets, tuple(targets_in(all_images)) or ("face",))

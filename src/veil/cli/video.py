@@ -13,13 +13,11 @@ from typing import IO, Any
 
 from rich.progress import Progress
 
-from veil.cli.common import record_failure
+from veil.cli.batch_item import record_failure
 from veil.cli.resume import file_sha256
 from veil.errors import VeilError
 from veil.pipeline.options import Options
-from veil.video import SNIFF_BYTES, anonymize_video, detect_video, sniff_container
-from veil.video.container import EXTENSIONS, open_input, output_container
-from veil.video.pipeline import plan_tracks
+from veil.video import SNIFF_BYTES, sniff_container  # the video stack itself loads where a video is met
 
 
 #: What :func:`video_extension` found, per file (path, size, modification time): planning,
@@ -50,6 +48,8 @@ def _extension(path: Path) -> str | None:
         return None
     if family is None:
         return None
+    from veil.video.container import EXTENSIONS, open_input, output_container
+
     if family == "matroska":  # WebM or Matroska: its DocType and codecs tell, never its name
         try:
             container, info = open_input(str(path))
@@ -86,6 +86,8 @@ def process_video(src: Path, dst: Path, options: Options, dry_run: bool, in_plac
     """Anonymize one video; never raises for a bad file (the batch goes on). With
     ``hashes``, ``item["_hashes"]`` holds the SHA-256 of the input and the output (the
     resume record, as for photos)."""
+    from veil.video import anonymize_video
+
     item: dict[str, Any] = {"path": str(src), "output": None if dry_run else str(dst), "ok": False, "kind": "video"}
     progress = _Bar(bar, src.name)
     try:
@@ -123,6 +125,8 @@ def print_video_dry_run(item: dict, console) -> None:
 
 def detect_video_lines(src: Path, options: Options, out: IO[str], engine: Any, bar: Progress | None) -> int:
     """``veil detect`` on a video: one JSON line per frame (detections with track ids)."""
+    from veil.video.pipeline import detect_video, plan_tracks
+
     progress = _Bar(bar, src.name)
     try:
         info, frames, shots, times = detect_video(str(src), options, engine=engine, progress=progress)
