@@ -2,12 +2,20 @@
 
 Sessions are created once per process and model and reused; ``VEIL_THREADS`` caps the
 threads each session uses (default: onnxruntime's choice, i.e. all cores).
+
+On the CPU, each model's graph is optimized once per machine and onnxruntime release and
+kept beside the model (see ``optimized_graph``): a batch's every worker process, a video
+job and a server start load it instead of optimizing the graph again (the face model:
+~70 against ~150 ms).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import tempfile
 import threading
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -45,7 +53,9 @@ def get_session(name: str, *, arena: bool = False) -> ort.InferenceSession:
         sess = _SESSIONS.get((name, arena))
         if sess is not None:
             return sess
-        path = default_store().path(name)
+        model = default_store().path(name)
+        prov = providers()
+        path = optimized_graph(model) if prov[0] == "CPUExecutionProvider" else model
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Inputs change size with every photo; an arena would keep the largest one's
@@ -60,9 +70,50 @@ def get_session(name: str, *, arena: bool = False) -> ort.InferenceSession:
         if threads:
             opts.intra_op_num_threads = max(1, int(threads))
             opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers())
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=opts, providers=prov)
+        except Exception:  # noqa: BLE001 (a damaged optimized copy; the model itself is checked)
+            if path == model:
+                raise
+            path.unlink(missing_ok=True)
+            sess = ort.InferenceSession(str(model), sess_options=opts, providers=prov)
         _SESSIONS[(name, arena)] = sess
         return sess
+
+
+def optimized_graph(model: Path) -> Path:
+    """``model`` with onnxruntime's hardware-independent graph optimizations applied (up to
+    the extended level: constant folding, fusions such as a quantized convolution's), built
+    on first use and cached beside it; ``model`` itself where the copy cannot be written.
+
+    The copy's name holds what it depends on: onnxruntime's version, the machine's
+    architecture and the model file's size and modification time (a rebuilt model gets a
+    new copy; older copies are removed). The session still applies the remaining,
+    CPU-specific optimizations (memory layouts) when it loads the copy."""
+    st = model.stat()
+    key = f"{ort.__version__}-{platform.machine()}-{st.st_size}-{st.st_mtime_ns}"
+    copy = model.with_name(f"{model.stem}.optimized-{key}.onnx")
+    if copy.is_file():
+        return copy
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{model.stem}.", suffix=".onnx.tmp", dir=model.parent)
+    except OSError:  # a read-only model store: optimized in memory at every start, as before
+        return model
+    os.close(fd)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = tmp
+        ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        os.replace(tmp, copy)  # whole or not at all; two processes racing write the same
+    except Exception:  # noqa: BLE001 (a full disk, say: the model runs as it is)
+        Path(tmp).unlink(missing_ok=True)
+        return model
+    for old in model.parent.glob(f"{model.stem}.optimized-*.onnx"):
+        if old != copy:
+            old.unlink(missing_ok=True)
+    return copy
 
 
 def sized_session(name: str, pixels: int) -> ort.InferenceSession:
