@@ -35,7 +35,6 @@ from veil.cli.resume import Manifest, remove_stale_temporaries
 from veil.cli.video import print_video_dry_run, process_video, video_extension
 from veil.errors import ModelError, OptionsError, VeilError
 from veil.imageio import EXTENSIONS, atomic_write
-from veil.inference.memory import huge_pages_for_children
 from veil.pipeline.options import Options, option_help
 
 _SUFFIX = ".anonymized"
@@ -155,8 +154,7 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
     threads = max(1, _cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(threads, os.getpid()))
     with pool:
-        with huge_pages_for_children():  # spawn-based pools start every worker during the first submits
-            futures = [pool.submit(process_one, *a) for a in args]
+        futures = [pool.submit(process_one, *a) for a in args]
         try:
             for fut in as_completed(futures):
                 item = _recorded(fut.result(), manifest)

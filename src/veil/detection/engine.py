@@ -30,7 +30,7 @@ from veil.detection.text import TextDetector, plate_like
 from veil.detection.types import TARGETS, Detection
 from veil.detection.yolo import Yolo, merge_regions, tile_regions
 from veil.errors import OptionsError
-from veil.inference.memory import release_freed_memory
+from veil.inference.memory import KEEP_FREED_UNDER, release_freed_memory
 from veil.models.registry import get_spec
 from veil.models.store import permissive_only
 
@@ -97,8 +97,10 @@ class Engine:
                *, trim: bool = True) -> list[Detection]:  # fmt: skip
         """Faces, people and plates in ``rgb`` (plus ``head`` signals, see module doc).
 
-        ``trim`` returns the freed buffers to the system afterwards (photos differ in size);
-        a video's frames are all one size, so its caller trims now and then instead."""
+        ``trim`` returns the freed buffers to the system afterwards where the process is over
+        its budget (``KEEP_FREED_UNDER``: photos differ in size; under it the next photo
+        reuses them); a video's frames are all one size, so its caller trims now and then
+        instead."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError("detect() expects an H x W x 3 uint8 RGB array")
         for t in targets:
@@ -121,7 +123,7 @@ class Engine:
             out += heads_without_faces(found["person"], found["face"])
         cache.clear()  # NanoDet's outputs, so the trim below can return them too
         if trim:
-            release_freed_memory()
+            release_freed_memory(KEEP_FREED_UNDER)
         return out
 
     def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:
