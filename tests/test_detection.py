@@ -17,6 +17,16 @@ from veil.detection.consistency import heads_without_faces
 from veil.detection.types import Detection
 
 
+def _fresh_python(code: str, timeout: float):
+    """Run ``code`` in a fresh interpreter (memory and sessions of its own); it must succeed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def by_target(dets, target):
     return [d for d in dets if d.target == target]
 
@@ -305,8 +315,6 @@ def test_upscaled_passes_follow_the_budget(photos, monkeypatch):
 def test_freed_memory_is_kept_under_the_budget_and_returned_over_it():
     """Between photos the freed buffers stay for the next photo while the process is under
     its budget (no page faults to map them again), and go back to the system over it."""
-    import subprocess
-    import sys
 
     code = (
         "import ctypes\n"
@@ -321,8 +329,7 @@ def test_freed_memory_is_kept_under_the_budget_and_returned_over_it():
         "release_freed_memory(keep_under=2**20)\n"
         "print(before >> 20, kept >> 20, resident_bytes() >> 20)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python(code, 60)
     before, kept, after = map(int, out.stdout.split())
     assert kept > before - 10, out.stdout  # under the budget: kept
     assert after < kept - 150, out.stdout  # over it: returned
@@ -484,8 +491,6 @@ def test_centerface_keeps_its_arena_only_for_small_inputs():
     memory arena (its float activations would otherwise be allocated anew on every frame),
     while large photos run on one without, so their buffers are not kept: measured in a
     fresh process, as resident memory after two 12 MP runs against before them."""
-    import subprocess
-    import sys
 
     from veil.inference.session import sized_session
 
@@ -509,8 +514,7 @@ def test_centerface_keeps_its_arena_only_for_small_inputs():
         "cf(small, 0.5)\n"
         "print(rss() - before)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python(code, 300)
     # kept in an arena, the 12 MP runs' buffers would be ~1.7-2.6 GB
     assert int(out.stdout.split()[-1]) < 200, out.stdout
 
@@ -562,14 +566,11 @@ def test_optimized_graphs_are_built_once_per_model_file_and_change_nothing(tmp_p
 
 
 def test_a_damaged_optimized_graph_is_replaced_by_the_model():
-    import subprocess
-    import sys
 
     code = ("from veil.inference.session import get_session, optimized_graph\n"
             "from veil.models.store import default_store\n"
             "copy = optimized_graph(default_store().path('yunet'))\n"
             "copy.write_bytes(b'not a model')\n"
             "print(get_session('yunet').get_inputs()[0].name, copy.exists())\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python(code, 120)
     assert out.stdout.split()[-1] == "False", out.stdout  # the damaged copy went; the next start rebuilds it
