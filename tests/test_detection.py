@@ -315,7 +315,6 @@ def test_upscaled_passes_follow_the_budget(photos, monkeypatch):
 def test_freed_memory_is_kept_under_the_budget_and_returned_over_it():
     """Between photos the freed buffers stay for the next photo while the process is under
     its budget (no page faults to map them again), and go back to the system over it."""
-
     code = (
         "import ctypes\n"
         "from veil.inference.memory import release_freed_memory, resident_bytes\n"
@@ -566,7 +565,6 @@ def test_optimized_graphs_are_built_once_per_model_file_and_change_nothing(tmp_p
 
 
 def test_a_damaged_optimized_graph_is_replaced_by_the_model():
-
     code = ("from veil.inference.session import get_session, optimized_graph\n"
             "from veil.models.store import default_store\n"
             "copy = optimized_graph(default_store().path('yunet'))\n"
