@@ -3,23 +3,20 @@
 Sessions are created once per process and model and reused; ``VEIL_THREADS`` caps the
 threads each session uses (default: onnxruntime's choice, i.e. all cores).
 
-On the CPU, each model's graph is optimized once per machine and onnxruntime release and
-kept beside the model (see ``optimized_graph``): a batch's every worker process, a video
-job and a server start load it instead of optimizing the graph again (the face model:
-~70 against ~150 ms), with each int8 convolution on the kernel that is fastest on this
-CPU (``veil.inference.kernels``).
+On the CPU, sessions load each model's optimized graph, built once per machine and
+onnxruntime release (``veil.inference.optimized``): the face model's session starts in
+~70 instead of ~150 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import platform
-import tempfile
 import threading
-from pathlib import Path
 
 import onnxruntime as ort
 
+from veil.inference.optimized import optimized_graph
 from veil.models.store import default_store
 
 if hasattr(ort, "disable_telemetry_events"):  # no telemetry events (see veil/__init__.py)
@@ -36,9 +33,6 @@ ARENA_MODELS = frozenset({"centerface"})
 #: of the largest such run (about 15 MB at 0.25 MP, 70 MB at 0.5 MP, per concurrent run)
 #: for the life of the process; larger inputs run on the plain session and keep nothing.
 ARENA_MAX_PIXELS = 0.5e6
-#: how the optimized copies' int8 kernels are chosen (``veil.inference.kernels``): copies
-#: made another way are rebuilt
-KERNELS_RECIPE = 1
 _PREFERRED = ("CUDAExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider")
 
 
@@ -79,53 +73,11 @@ def get_session(name: str, *, arena: bool = False) -> ort.InferenceSession:
         except Exception:  # noqa: BLE001 (a damaged optimized copy; the model itself is checked)
             if path == model:
                 raise
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # rebuilt at the next start
+                path.unlink()
             sess = ort.InferenceSession(str(model), sess_options=opts, providers=prov)
         _SESSIONS[(name, arena)] = sess
         return sess
-
-
-def optimized_graph(model: Path) -> Path:
-    """``model`` with onnxruntime's hardware-independent graph optimizations applied (up to
-    the extended level: constant folding, fusions such as a quantized convolution's), built
-    on first use and cached beside it; ``model`` itself where the copy cannot be written.
-
-    Each int8 convolution of the copy runs on the faster of onnxruntime's two kernels on
-    this CPU, timed once when the copy is built (``veil.inference.kernels``; the same
-    outputs). The copy's name holds what it depends on: onnxruntime's version, the
-    machine's architecture, that recipe and the model file's size and modification time (a
-    rebuilt model gets a new copy; older copies are removed). The session still applies
-    the remaining, CPU-specific optimizations (memory layouts) when it loads the copy."""
-    st = model.stat()
-    key = f"{ort.__version__}-{platform.machine()}-k{KERNELS_RECIPE}-{st.st_size}-{st.st_mtime_ns}"
-    copy = model.with_name(f"{model.stem}.optimized-{key}.onnx")
-    if copy.is_file():
-        return copy
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{model.stem}.", suffix=".onnx.tmp", dir=model.parent)
-    except OSError:  # a read-only model store: optimized in memory at every start, as before
-        return model
-    os.close(fd)
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = tmp
-        ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
-        try:
-            from veil.inference.kernels import choose_kernels  # here: onnx takes ~0.6 s to import
-
-            choose_kernels(Path(tmp))
-        except Exception:  # noqa: BLE001 (the graph runs as well on the default kernels)
-            pass
-        os.replace(tmp, copy)  # whole or not at all; two processes racing write the same
-    except Exception:  # noqa: BLE001 (a full disk, say: the model runs as it is)
-        Path(tmp).unlink(missing_ok=True)
-        return model
-    for old in model.parent.glob(f"{model.stem}.optimized-*.onnx"):
-        if old != copy:
-            old.unlink(missing_ok=True)
-    return copy
 
 
 def sized_session(name: str, pixels: int) -> ort.InferenceSession:
