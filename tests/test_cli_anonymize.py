@@ -259,7 +259,7 @@ def test_batch_workers_and_the_command_start_light():
     """A batch's spawned worker first re-imports the ``veil`` script as ``__mp_main__``, then
     ``veil.cli.batch_item`` for its task: neither may pull in the command line (typer,
     rich, every command's module: ~0.3 s of each worker's start-up). The command line
-    itself starts without the models' runtime and the video stack."""
+    itself starts without the models' runtime, the video stack and the image codecs."""
     import subprocess
     import sys
 
@@ -269,6 +269,7 @@ def test_batch_workers_and_the_command_start_light():
               "print(sorted(m for m in ('typer', 'rich', 'veil.cli.main', 'av', 'onnxruntime') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", worker, str(script)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
-    command = "import sys, veil.cli.main; print(sorted(m for m in ('av', 'onnxruntime') if m in sys.modules))"
+    command = ("import sys, veil.cli.main; "
+               "print(sorted(m for m in ('av', 'onnxruntime', 'PIL.Image', 'cv2') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -17,7 +17,7 @@ from veil.cli.paths import collect_images
 from veil.cli.video import detect_video_lines, video_extension
 from veil.detection.types import TARGETS
 from veil.errors import VeilError
-from veil.imageio import atomic_file, atomic_write, load_image
+from veil.imageio import atomic_file, atomic_write
 from veil.pipeline.options import Options, option_help
 
 
@@ -34,6 +34,7 @@ def detect(
     photo and one per video frame (with track ids).
     """
     from veil.detection.engine import get_engine  # here: the command line starts without the models
+    from veil.imageio import load_image
 
     tg = parse_targets(targets, TARGETS)
     engine = get_engine(preset)
@@ -66,6 +67,8 @@ def detect(
 
 def _detect_lines(files: list[tuple[Path, Path]], options: Options, engine, json_out: Path | None) -> None:
     """JSON lines for a mix of photos and videos (a video's frames do not fit one document)."""
+    from veil.imageio import load_image
+
     failed = 0
     with contextlib.ExitStack() as stack:
         out = io.TextIOWrapper(stack.enter_context(atomic_file(json_out)), encoding="utf-8") if json_out else sys.stdout

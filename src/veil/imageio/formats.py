@@ -169,3 +169,8 @@ VIDEO_LABELS: str = ", ".join(f.label for f in VIDEO_FORMATS[:-1]) + f" or {VIDE
 def describe_all() -> list[dict[str, Any]]:
     """Every image and video format, as ``GET /api/v1/formats`` lists them."""
     return [f.describe() for f in (*IMAGE_FORMATS, *VIDEO_FORMATS)]
+
+
+#: Suffix written per format (with its dot) and the type results are served with.
+EXTENSIONS = {f.name: f.extension for f in IMAGE_FORMATS}
+CONTENT_TYPES = {f.name: f.mime_type for f in IMAGE_FORMATS}

@@ -8,12 +8,8 @@ user asked to keep are written. Pixels are upright, so orientation is reset to 1
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -23,9 +19,6 @@ from veil.errors import OptionsError
 from veil.imageio import formats
 from veil.imageio.nature import Nature, encode_rgb16, restore
 
-#: Suffix written per format (with its dot) and the type results are served with.
-EXTENSIONS = {f.name: f.extension for f in formats.IMAGE_FORMATS}
-CONTENT_TYPES = {f.name: f.mime_type for f in formats.IMAGE_FORMATS}
 #: Inverse of ``ImageOps.exif_transpose`` per orientation, to store pixels as the camera did.
 _UNDO_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -120,53 +113,3 @@ def _keeps(nature: Nature, fmt: str, keep: Mapping[str, Any], icc_profile: bytes
 def output_format(requested: str | None, source: str) -> str:
     """The format to write: the requested one, else the input's."""
     return requested or source
-
-
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def atomic_write(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    with atomic_file(path) as fh:
-        fh.write(data)
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
-    """A file object whose content becomes ``path`` only when the block ends without error.
-
-    A temp file in the same directory (``.NAME.*.veil-tmp``) is fsynced and then
-    ``os.replace``-d; on any failure the temp file is removed and the destination is
-    untouched, so streamed outputs (videos) are never seen half-written either.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".veil-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
