@@ -86,6 +86,28 @@ def test_small_jpeg_claiming_12000x12000_is_refused_from_its_header(client):
     assert r.status_code == 200, r.text
 
 
+def test_heif_headers_are_checked_before_any_decoder_is_loaded(tmp_path):
+    """The API process checks an upload's header size before anything decodes it (with
+    ``--redis`` nothing ever decodes there): HEIF must be readable by then too, or a HEIF
+    bomb would pass the header checks and count 0 pixels against the request's budget."""
+    import subprocess
+    import sys
+
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "x.heic"
+    Image.new("RGB", (80, 64), (90, 120, 150)).save(heic, "HEIF")
+    code = ("import sys\n"
+            "import veil.server.routes_jobs\n"
+            "from veil.server.uploads import header_size\n"
+            "assert 'veil.imageio.read' not in sys.modules\n"
+            "print(header_size(open(sys.argv[1], 'rb').read()))\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(heic)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(80, 64)"
+
+
 def test_real_photos_pass_the_ratio_rule():
     """Every photo of the evaluation set, and the flattest valid files, stay well under the bounds."""
     from veil.imageio.limits import LOSSLESS_PIXELS_PER_BYTE, LOSSY_PIXELS_PER_BYTE, Limits

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pillow_heif
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
+import veil.imageio.codecs  # noqa: F401  (HEIF registered, Pillow's pixel guard set)
 from veil.errors import ImageError
 from veil.imageio import formats
 from veil.imageio.limits import DEFAULT_LIMITS, Limits
@@ -30,10 +30,6 @@ from veil.imageio.metadata import (
     safe_fields,
 )
 from veil.imageio.nature import Nature, read_nature
-
-pillow_heif.register_heif_opener()
-# Pillow's own guard must not fire below ours (it would only warn); above 2x it errors.
-Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_LIMITS.max_pixels)
 
 #: The formats veil reads, as sniffed (see :mod:`veil.imageio.formats`).
 SUPPORTED = formats.NAMES

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-import veil.imageio.read  # noqa: F401  (registers the HEIF encoder)
+import veil.imageio.codecs  # noqa: F401  (registers the HEIF encoder)
 from veil.errors import OptionsError
 from veil.imageio import formats
 from veil.imageio.nature import Nature, encode_rgb16, restore

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -38,11 +39,11 @@ def optimized_graph(model: Path) -> Path:
     slower).
 
     The copy's name holds what it depends on: onnxruntime's version, the machine's
-    architecture, the kernel recipe and the model's SHA-256 as the store recorded it (or
-    its size and modification time). A rebuilt model or a new recipe gets a new copy, and
+    architecture and CPU (the kernels were timed on it), the kernel recipe and the model's
+    SHA-256 as the store recorded it (or its size and modification time). A rebuilt model or a new recipe gets a new copy, and
     the older copies of the same onnxruntime release are removed; copies for other
-    releases (another install sharing the cache) are left alone."""
-    release = f"{model.stem}.optimized-{ort.__version__}-{platform.machine()}-"
+    releases or CPUs (another install or machine sharing the cache) are left alone."""
+    release = f"{model.stem}.optimized-{ort.__version__}-{platform.machine()}-{_cpu()}-"
     copy = model.with_name(f"{release}k{KERNELS_RECIPE}-{_fingerprint(model)}.onnx")
     if os.access(copy, os.R_OK):
         return copy
@@ -60,6 +61,16 @@ def optimized_graph(model: Path) -> Path:
             with contextlib.suppress(OSError):
                 old.unlink()
     return copy
+
+
+def _cpu() -> str:
+    """A short name for this CPU (its model and feature flags, from Linux's CPU info)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    except OSError:
+        return "cpu"
+    return hashlib.sha256("".join(dict.fromkeys(lines)).encode()).hexdigest()[:8]
 
 
 def _fingerprint(model: Path) -> str:

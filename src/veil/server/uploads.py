@@ -22,6 +22,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 
+import veil.imageio.codecs  # noqa: F401  (the header checks open HEIF too)
 from veil.imageio import formats
 from veil.server.problems import Problem, field_error
 
