@@ -92,3 +92,14 @@ def hopper_rgb() -> np.ndarray:
 
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
         return np.asarray(im.convert("RGB")).copy()
+
+
+def fresh_python(code: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None):
+    """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter: its own
+    imports, memory and model sessions. It must succeed; returns the finished process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr
+    return out

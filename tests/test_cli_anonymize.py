@@ -12,6 +12,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import fresh_python
+
 from veil.cli.anonymize import anonymize
 
 FACE = (180.0, 66.0, 270.0, 176.0)  # the astronaut's face
@@ -260,16 +262,15 @@ def test_batch_workers_and_the_command_start_light():
     ``veil.cli.batch_item`` for its task: neither may pull in the command line (typer,
     rich, every command's module: ~0.3 s of each worker's start-up). The command line
     itself starts without the models' runtime, the video stack and the image codecs."""
-    import subprocess
     import sys
 
     script = Path(sys.executable).with_name("veil")
     assert script.is_file(), "the veil command is installed with the package"
     worker = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='__mp_main__'); import veil.cli.batch_item; "
               "print(sorted(m for m in ('typer', 'rich', 'veil.cli.main', 'av', 'onnxruntime') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", worker, str(script)], capture_output=True, text=True, check=True)
+    out = fresh_python(worker, str(script))
     assert out.stdout.strip() == "[]", out.stdout
     command = ("import sys, veil.cli.main; "
                "print(sorted(m for m in ('av', 'onnxruntime', 'PIL.Image', 'cv2') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
+    out = fresh_python(command)
     assert out.stdout.strip() == "[]", out.stdout

@@ -12,21 +12,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import rgb_of
+from conftest import fresh_python, rgb_of
 from veil.cli.main import app
 from veil.detection.boxes import iou_matrix, nms
 from veil.detection.consistency import heads_without_faces
 from veil.detection.types import Detection
-
-
-def _fresh_python(code: str, timeout: float, env: dict[str, str] | None = None):
-    """Run ``code`` in a fresh interpreter (memory and sessions of its own); it must succeed."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
-    assert out.returncode == 0, out.stderr
-    return out
 
 
 def default_store_path(name: str) -> Path:
@@ -337,7 +327,7 @@ def test_freed_memory_is_kept_under_the_budget_and_returned_over_it():
         "release_freed_memory(keep_under=2**20)\n"
         "print(before >> 20, kept >> 20, resident_bytes() >> 20)\n"
     )
-    out = _fresh_python(code, 60)
+    out = fresh_python(code, timeout=60)
     before, kept, after = map(int, out.stdout.split())
     assert kept > before - 10, out.stdout  # under the budget: kept
     assert after < kept - 150, out.stdout  # over it: returned
@@ -522,7 +512,7 @@ def test_centerface_keeps_its_arena_only_for_small_inputs():
         "cf(small, 0.5)\n"
         "print(rss() - before)\n"
     )
-    out = _fresh_python(code, 300)
+    out = fresh_python(code, timeout=300)
     # kept in an arena, the 12 MP runs' buffers would be ~1.7-2.6 GB
     assert int(out.stdout.split()[-1]) < 200, out.stdout
 
@@ -600,5 +590,5 @@ def test_a_damaged_optimized_graph_is_replaced_by_the_model():
             "copy = optimized_graph(default_store().path('yunet'))\n"
             "copy.write_bytes(b'not a model')\n"
             "print(get_session('yunet').get_inputs()[0].name, copy.exists())\n")  # fmt: skip
-    out = _fresh_python(code, 120, env=dict(os.environ, VEIL_PROVIDERS="CPUExecutionProvider"))
+    out = fresh_python(code, timeout=120, env=dict(os.environ, VEIL_PROVIDERS="CPUExecutionProvider"))
     assert out.stdout.split()[-1] == "False", out.stdout  # the damaged copy went; the next start rebuilds it

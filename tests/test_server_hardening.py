@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import fresh_python
 from hostile_corpus import patch_jpeg_size
 from test_server_support import (
     FAST,
@@ -90,9 +91,6 @@ def test_heif_headers_are_checked_before_any_decoder_is_loaded(tmp_path):
     """The API process checks an upload's header size before anything decodes it (with
     ``--redis`` nothing ever decodes there): HEIF must be readable by then too, or a HEIF
     bomb would pass the header checks and count 0 pixels against the request's budget."""
-    import subprocess
-    import sys
-
     import pillow_heif
 
     pillow_heif.register_heif_opener()
@@ -103,9 +101,7 @@ def test_heif_headers_are_checked_before_any_decoder_is_loaded(tmp_path):
             "from veil.server.uploads import header_size\n"
             "assert 'veil.imageio.read' not in sys.modules\n"
             "print(header_size(open(sys.argv[1], 'rb').read()))\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code, str(heic)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(80, 64)"
+    assert fresh_python(code, str(heic)).stdout.strip() == "(80, 64)"
 
 
 def test_real_photos_pass_the_ratio_rule():

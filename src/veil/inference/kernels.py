@@ -54,7 +54,9 @@ def choose_kernels(path: Path) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="veil-kernels-") as tmp:
         dedicated, out_a = kernel_times(model.SerializeToString(), Path(tmp) / "a")
-        product, out_b = kernel_times(shifted(onnx.load(str(path)), names).SerializeToString(), Path(tmp) / "b")
+        variant = onnx.ModelProto()
+        variant.CopyFrom(model)  # ``shifted`` edits in place
+        product, out_b = kernel_times(shifted(variant, names).SerializeToString(), Path(tmp) / "b")
     if len(out_a) != len(out_b) or not all(np.array_equal(a, b) for a, b in zip(out_a, out_b)):
         return 0
     faster = {n for n in names if n in dedicated and n in product and product[n] < GAIN * dedicated[n]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,9 +41,10 @@ def optimized_graph(model: Path) -> Path:
 
     The copy's name holds what it depends on: onnxruntime's version, the machine's
     architecture and CPU (the kernels were timed on it), the kernel recipe and the model's
-    SHA-256 as the store recorded it (or its size and modification time). A rebuilt model or a new recipe gets a new copy, and
-    the older copies of the same onnxruntime release are removed; copies for other
-    releases or CPUs (another install or machine sharing the cache) are left alone."""
+    SHA-256 as the store recorded it (or its size and modification time). A rebuilt model
+    or a new recipe gets a new copy, and the older copies of the same onnxruntime release
+    on this CPU are removed; copies for other releases or CPUs (another install or machine
+    sharing the cache) are left alone."""
     release = f"{model.stem}.optimized-{ort.__version__}-{platform.machine()}-{_cpu()}-"
     copy = model.with_name(f"{release}k{KERNELS_RECIPE}-{_fingerprint(model)}.onnx")
     if os.access(copy, os.R_OK):
@@ -63,6 +65,7 @@ def optimized_graph(model: Path) -> Path:
     return copy
 
 
+@functools.cache
 def _cpu() -> str:
     """A short name for this CPU (its model and feature flags, from Linux's CPU info)."""
     try:

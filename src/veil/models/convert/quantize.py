@@ -3,13 +3,13 @@
 A medium-sized detector (YOLO11m faces; the plate model's YOLOv8n too) is the cost of a
 whole photo's detection on a CPU. In int8 the face model runs 69 ms on a 640 x 384 input
 against 154 ms in float (convolutions alone in int8: 111 ms), with the same recall on the
-face set: the convolutions (weights per channel) and the ops between them (SiLU's Sigmoid and Mul, the
-residual Adds, Concat, MaxPool, Resize, Split, Slice: activations per tensor) run
-quantized, while the detection head's decoding stays in float (``float_nodes``): its box
-coordinates and class scores share one output tensor, and one uint8 range for both would
-round every score to 0. Activation ranges come from photos of a pinned registry package
-(see ``ModelSpec.calibration``), letterboxed like at inference, so the result is the same
-on every machine with the same onnxruntime.
+face set: the convolutions (weights per channel) and the ops between them (SiLU's Sigmoid
+and Mul, the residual Adds, Concat, MaxPool, Resize, Split, Slice: activations per tensor)
+run quantized, while the detection head's decoding stays in float (``float_nodes``): its
+box coordinates and class scores share one output tensor, and one uint8 range for both
+would round every score to 0. Activation ranges come from photos of a pinned registry
+package (see ``ModelSpec.calibration``), letterboxed like at inference, so the result is
+the same on every machine with the same onnxruntime.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
 
 from veil.errors import ModelError
 
