@@ -71,6 +71,34 @@ def test_small_face_in_a_large_photo_is_found_on_tiles(engine, photos, monkeypat
     assert sum(regions) == 0
 
 
+def test_tiles_run_as_one_whole_photo_pass_under_the_budget(engine, photos, monkeypatch):
+    """On a 1920 x 1080 photo the face tiles (shrunk by 2x) would be two overlapping 1080 px
+    squares plus a whole-photo pass at 416 for large faces: one pass over the whole photo at
+    the tiles' scale looks at fewer pixels, cuts no face and sees the large ones too."""
+    import cv2
+
+    from veil.detection.engine import tiles_whole
+    from veil.detection.presets import PRESETS
+    from veil.detection.yolo import Yolo, tile_regions
+
+    portrait = rgb_of(photos["grace_hopper"])
+    canvas = np.full((1080, 1920, 3), 90, dtype=np.uint8)
+    # a face ~40 px tall, ~20 px at the tiles' scale (over the 24 px that starts a look around small faces)
+    canvas[500:617, 1400:1500] = cv2.resize(portrait, (100, 117), interpolation=cv2.INTER_AREA)
+    plan = PRESETS["balanced"].face
+    tiled = next(p for p in plan.passes if p.tiles)
+    assert len(tile_regions(1920, 1080, tiled.size, min_scale=tiled.tile_scale)) == 2
+    assert tiles_whole(plan, tiled, 1920, 1080) and not tiles_whole(plan, tiled, 6000, 4000)
+    regions: list[int] = []
+    whole: list[int] = []
+    run_regions, run = Yolo.regions, Yolo.run
+    monkeypatch.setattr(Yolo, "regions", lambda self, rgb, rs, thr: regions.append(len(rs)) or run_regions(self, rgb, rs, thr))
+    monkeypatch.setattr(Yolo, "run", lambda self, rgb, size, thr: (rgb.shape == canvas.shape and whole.append(size)) or run(self, rgb, size, thr))
+    faces = by_target(engine.detect(canvas, ("face",)), "face")
+    assert sum(regions) == 0 and whole == [960]
+    assert any(1400 <= (f.box[0] + f.box[2]) / 2 <= 1500 and 500 <= (f.box[1] + f.box[3]) / 2 <= 617 for f in faces)
+
+
 def test_tile_grid_grows_with_the_photo():
     from veil.detection.yolo import tile_regions
 
@@ -264,12 +292,15 @@ def test_plate_vehicle_pass_reuses_the_person_nanodet_pass(photos, monkeypatch):
     plate = PRESETS["balanced"].plate
     assert any(p.vehicles for p in plate.passes)
     sizes = {p.size for p in PRESETS["balanced"].person.passes if p.model == "nanodet"} | {plate.vehicle_size}
-    calls: list[int] = []
+    calls: list[tuple[str, int]] = []
     forward = NanoDet.forward
-    monkeypatch.setattr(NanoDet, "forward", lambda self, rgb, size: calls.append(size) or forward(self, rgb, size))
+    monkeypatch.setattr(NanoDet, "forward", lambda self, rgb, size: calls.append((self.model, size)) or forward(self, rgb, size))
     rgb = rgb_of(photos["bus"])
     eng.detect(rgb, ("person", "plate"))
-    assert sorted(calls) == sorted(sizes)  # one forward pass per size, shared by people and vehicles
+    assert sorted(calls) == sorted(("nanodet", s) for s in sizes)  # one forward pass per size, shared by people and vehicles
+    calls.clear()
+    eng.detect(rgb, ("face", "plate"))
+    assert calls == [(plate.vehicle_model, plate.vehicle_size)]  # no person pass: vehicles from NanoDet in int8
     # the bus (about 570 px tall in a 1080 px photo): zoomed to 320 px with no whole-photo pass
     # to beat, left out when the whole photo is already seen at 640 (zoom gain < 1.25)
     regions = eng.vehicle_regions(rgb, Plan(()), size=1280)
@@ -482,6 +513,30 @@ def test_small_people_in_a_large_photo_are_found_on_tiles(engine, photos):
     inside = [p for p in people if 900 <= (p.box[0] + p.box[2]) / 2 <= 1001 and 1500 <= (p.box[1] + p.box[3]) / 2 <= 1635]
     assert len(inside) >= 3
     assert {p.source for p in inside} & {"person-yolo11n-pose", "nanodet"}
+
+
+def test_people_in_a_mid_sized_photo_are_found_by_one_full_size_pass(engine, photos, monkeypatch):
+    """A 1600 x 1200 photo is over the person plan's tile threshold, but at full size it fits
+    the plan's whole-photo budget: pose and NanoDet see it whole (fewer pixels than
+    overlapping tiles, no person cut at a tile's edge) and find people ~60 px tall."""
+    import cv2
+
+    from veil.detection.nanodet import NanoDet
+    from veil.detection.yolo import Yolo
+
+    bus = rgb_of(photos["bus"])
+    canvas = np.full((1200, 1600, 3), 110, dtype=np.uint8)
+    canvas[700:835, 900:1001] = cv2.resize(bus, (101, 135), interpolation=cv2.INTER_AREA)
+    sizes: list[tuple[str, int]] = []
+    regions: list[int] = []
+    forward, run, run_regions = NanoDet.forward, Yolo.run, Yolo.regions
+    monkeypatch.setattr(NanoDet, "forward", lambda self, rgb, size: sizes.append(("nanodet", size)) or forward(self, rgb, size))
+    monkeypatch.setattr(Yolo, "run", lambda self, rgb, size, thr: (rgb.shape == canvas.shape and sizes.append((self.model, size))) or run(self, rgb, size, thr))
+    monkeypatch.setattr(Yolo, "regions", lambda self, rgb, rs, thr: regions.append(len(rs)) or run_regions(self, rgb, rs, thr))
+    people = by_target(engine.detect(canvas, ("person",)), "person")
+    assert ("nanodet", 1600) in sizes and ("person-yolo11n-pose", 1600) in sizes and sum(regions) == 0
+    inside = [p for p in people if 900 <= (p.box[0] + p.box[2]) / 2 <= 1001 and 700 <= (p.box[1] + p.box[3]) / 2 <= 835]
+    assert len(inside) >= 3
 
 
 def test_centerface_keeps_its_arena_only_for_small_inputs():

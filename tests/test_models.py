@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -127,6 +128,68 @@ def test_yolo_models_are_int8_with_a_float_head(name: str):
     assert seen
     info = store.meta(name)["info"]
     assert info["int8"] and info["recipe"] == RECIPE and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+
+
+def test_int8_nanodet_has_its_paddings_folded_and_finds_the_float_models_vehicles(photos):
+    """TFJS pads before convolutions and pooling are folded into them (no ``Pad`` left
+    between a quantize/dequantize pair and its op), the convolutions run in int8, and the
+    bus photo's best vehicle comes out as the float model's."""
+    import onnx
+
+    from veil.detection.nanodet import VEHICLE_CLASSES, NanoDet
+    from veil.imageio import load_image
+
+    store = default_store()
+    graph = onnx.load(str(store.path("nanodet-int8"))).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Pad" not in ops and "DequantizeLinear" in ops
+    assert "Pad" in {n.op_type for n in onnx.load(str(store.path("nanodet"))).graph.node}
+    info = store.meta("nanodet-int8")["info"]
+    assert info["int8"] and info["pads_folded"] == 29 and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+    rgb = load_image(photos["bus"]).rgb
+    found = {}
+    for name in ("nanodet", "nanodet-int8"):
+        boxes, scores, _ = NanoDet.decode(NanoDet(name).forward(rgb, 416), 0.3, VEHICLE_CLASSES)
+        found[name] = (boxes[0], scores[0])
+    (a, sa), (b, sb) = found.values()
+    assert abs(sa - sb) < 0.05 and np.abs(a - b).max() < 0.03 * rgb.shape[0]
+
+
+def test_fold_pads_keeps_the_output():
+    """A zero pad folded into a convolution and a -inf pad into max pooling give the graph's
+    outputs; a pad of another value (here 1) is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from veil.models.convert.quantize import fold_pads
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 9, 9])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p"),
+        numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 1, 0], np.int64), "q"),
+        numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "p"], ["xp"], name="pad0"),
+        helper.make_node("Conv", ["xp", "w"], ["c"], name="conv", strides=[2, 2]),
+        helper.make_node("Pad", ["c", "q", "ninf"], ["cp"], name="pad1"),
+        helper.make_node("MaxPool", ["cp"], ["m"], name="pool", kernel_shape=[2, 2]),
+        helper.make_node("Pad", ["m", "q", "one"], ["mp"], name="pad2"),
+        helper.make_node("MaxPool", ["mp"], ["y"], name="pool2", kernel_shape=[2, 2]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"x": rng.standard_normal((1, 2, 9, 9)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert fold_pads(model) == 2
+    assert [n.name for n in model.graph.node if n.op_type == "Pad"] == ["pad2"]
+    assert {i.name for i in model.graph.initializer} == {"w", "q", "one"}
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
 
 
 def test_int8_model_of_an_earlier_recipe_is_rebuilt(tmp_path: Path):

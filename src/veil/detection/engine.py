@@ -40,6 +40,7 @@ _FACTORIES = {
     "centerface": CenterFace,
     "yunet": YuNet,
     "nanodet": NanoDet,
+    "nanodet-int8": lambda: NanoDet("nanodet-int8"),
     "ppocr-det": TextDetector,
     "face-yolo11m": lambda: Yolo("face-yolo11m", "face"),
     "plate-yolov8n": lambda: Yolo("plate-yolov8n", "plate"),
@@ -81,9 +82,10 @@ class Engine:
         """Models (name and source package) that ``detect`` uses for ``targets``."""
         names: list[str] = []
         for t in targets:
-            names += [p.model for p in self.plan(t).passes]
-            if any(p.vehicles for p in self.plan(t).passes):
-                names.append("nanodet")
+            plan = self.plan(t)
+            names += [p.model for p in plan.passes]
+            if t == "plate" and not self.permissive and (plan.evidence_score > 0 or any(p.vehicles for p in plan.passes)):
+                names.append(plan.vehicle_model)
         if "plate" in targets and self.permissive:
             names += ["ppocr-det", "nanodet"]
         return [f"{n} ({get_spec(n).source})" for n in dict.fromkeys(names)]
@@ -107,7 +109,7 @@ class Engine:
             if t not in TARGETS:
                 raise OptionsError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}", field="targets")
         found: dict[str, list[Detection]] = {}
-        cache: dict[int, NanoDetOutputs] = {}  # NanoDet forward passes of this photo, by size
+        cache: dict[tuple[str, int], NanoDetOutputs] = {}  # NanoDet forward passes of this photo
         for t in TARGETS:
             if t not in targets:
                 continue
@@ -126,7 +128,7 @@ class Engine:
             release_freed_memory(KEEP_FREED_UNDER)
         return out
 
-    def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:
+    def run_plan(self, rgb: np.ndarray, target: str, plan: Plan, cache: dict[tuple[str, int], NanoDetOutputs] | None = None) -> list[Detection]:
         """Run ``plan``'s passes and vote; ``cache`` shares NanoDet forward passes of this
         photo between plans (person passes, vehicle context of plates)."""
         h, w = rgb.shape[:2]
@@ -179,18 +181,21 @@ class Engine:
             small = np.array([d.box for d in new if d.height <= p.around_small], np.float32).reshape(-1, 4)
         return out
 
-    def _nanodet(self, rgb: np.ndarray, size: int, cache: dict[int, NanoDetOutputs]) -> NanoDetOutputs:
-        fwd = cache.get(size)
+    def _nanodet(self, rgb: np.ndarray, size: int, cache: dict[tuple[str, int], NanoDetOutputs], model: str = "nanodet") -> NanoDetOutputs:
+        """NanoDet's forward pass of ``model`` at ``size``, run once per photo (``cache``)."""
+        fwd = cache.get((model, size))
         if fwd is None:
-            nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
-            fwd = cache[size] = nd.forward(rgb, size)
+            nd: NanoDet = self._model(model)  # type: ignore[assignment]
+            fwd = cache[model, size] = nd.forward(rgb, size)
         return fwd
 
-    def vehicles(self, rgb: np.ndarray, plan: Plan, cache: dict[int, NanoDetOutputs] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Vehicle boxes and scores (NanoDet at ``plan.vehicle_size``, the forward pass the
-        person passes share) down to the lower of the plan's two vehicle scores: the
-        zoomed crops' and the plates' evidence."""
-        fwd = self._nanodet(rgb, plan.vehicle_size, {} if cache is None else cache)
+    def vehicles(self, rgb: np.ndarray, plan: Plan, cache: dict[tuple[str, int], NanoDetOutputs] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vehicle boxes and scores (NanoDet at ``plan.vehicle_size``: the person passes'
+        forward pass where they ran one, else ``plan.vehicle_model``'s) down to the lower of
+        the plan's two vehicle scores: the zoomed crops' and the plates' evidence."""
+        cache = {} if cache is None else cache
+        shared = ("nanodet", plan.vehicle_size) in cache
+        fwd = self._nanodet(rgb, plan.vehicle_size, cache, "nanodet" if shared else plan.vehicle_model)
         boxes, scores, _ = NanoDet.decode(fwd, min(plan.vehicle_score, plan.evidence_vehicle_score), VEHICLE_CLASSES)
         return boxes, scores
 
@@ -199,7 +204,7 @@ class Engine:
         rgb: np.ndarray,
         plan: Plan,
         size: int,
-        cache: dict[int, NanoDetOutputs] | None = None,
+        cache: dict[tuple[str, int], NanoDetOutputs] | None = None,
         found: Sequence[Detection] = (),
     ) -> list[tuple[tuple[int, int, int, int], float]]:
         """Crops for a second look at plates, as ``(region, scale)``: around each vehicle
@@ -222,7 +227,7 @@ class Engine:
         keep = zoom >= plan.vehicle_gain * whole
         return merge_regions(boxes[keep], w, h, plan.vehicle_margin, zoom[keep])
 
-    def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan, cache: dict[int, NanoDetOutputs]) -> list[Detection]:
+    def _run_pass(self, rgb: np.ndarray, target: str, p: Pass, plan: Plan, cache: dict[tuple[str, int], NanoDetOutputs]) -> list[Detection]:
         model = self._model(p.model)
         h, w = rgb.shape[:2]
         if isinstance(model, (CenterFace, YuNet)):
@@ -238,22 +243,32 @@ class Engine:
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
             if p.tiles:
-                return model.tiled(rgb, p.size, p.floor, min_scale=p.tile_scale)
+                regions = tile_regions(w, h, p.size, min_scale=p.tile_scale)
+                if regions and tiles_whole(plan, p, w, h):
+                    return model.run(rgb, round(max(w, h) * p.tile_scale), p.floor)
+                return model.regions(rgb, regions, p.floor)
             size = p.size
-            if p.size_if_tiled and tiles_run(plan, w, h) and any(tile_regions(w, h, t.size, min_scale=t.tile_scale) for t in plan.passes if t.tiles):
-                size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
+            if p.size_if_tiled and tiles_run(plan, w, h):
+                tiled = [t for t in plan.passes if t.tiles and tile_regions(w, h, t.size, min_scale=t.tile_scale)]
+                if tiled and all(tiles_whole(plan, t, w, h) for t in tiled):
+                    return []  # the tiled passes see the whole photo, its largest faces too
+                if tiled:
+                    size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
             return model.run(rgb, size, p.floor)
         if isinstance(model, NanoDet):
             if p.tiles:
+                regions = tile_regions(w, h, p.size, min_scale=p.tile_scale)
+                if regions and tiles_whole(plan, p, w, h):
+                    return model.detections(self._nanodet(rgb, round(max(w, h) * p.tile_scale), cache), p.floor, target)
                 out: list[Detection] = []
-                for (x0, y0, x1, y1), s in tile_regions(w, h, p.size, min_scale=p.tile_scale):
+                for (x0, y0, x1, y1), s in regions:
                     fwd = model.forward(np.ascontiguousarray(rgb[y0:y1, x0:x1]), max(32, round(max(x1 - x0, y1 - y0) * s)))
                     out += [d.scaled(1, 1, x0, y0).clipped(w, h) for d in model.detections(fwd, p.floor, target)]
                 return out
             return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover
 
-    def plates_from_text(self, rgb: np.ndarray, cache: dict[int, NanoDetOutputs] | None = None) -> list[Detection]:
+    def plates_from_text(self, rgb: np.ndarray, cache: dict[tuple[str, int], NanoDetOutputs] | None = None) -> list[Detection]:
         """Permissive plate route: text lines on a vehicle, or plate-shaped text anywhere
         when no vehicle is in view (close-ups of a car's rear)."""
         text: TextDetector = self._model("ppocr-det")  # type: ignore[assignment]
@@ -296,6 +311,12 @@ def holding(regions: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
 def tiles_run(plan: Plan, width: int, height: int) -> bool:
     """Whether ``plan``'s tiled passes run on a photo of this size (``Plan.tile_above``)."""
     return width * height > plan.tile_above * 1e6
+
+
+def tiles_whole(plan: Plan, p: Pass, width: int, height: int) -> bool:
+    """Whether tiled pass ``p`` runs as one pass over the whole photo at its tile scale
+    (``Plan.tiles_whole_up_to``)."""
+    return p.tile_scale > 0 and width * height * p.tile_scale**2 <= plan.tiles_whole_up_to
 
 
 def with_evidence(dets: list[Detection], vehicles: np.ndarray, confident: float) -> list[Detection]:

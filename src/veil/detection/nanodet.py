@@ -22,43 +22,13 @@ import cv2
 import numpy as np
 
 from veil.detection.boxes import nms
+from veil.models.preprocess import MEAN_BGR, STD_BGR, preprocess_nanodet
 
-MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
-STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
 STRIDES = (8, 16, 32)
 NUM_CLASSES = 80
 CENTER_OFFSET = 0.5
 
 __all__ = ["decode_nanodet", "preprocess_nanodet", "MEAN_BGR", "STD_BGR", "STRIDES"]
-
-
-def preprocess_nanodet(
-    rgb_uint8: np.ndarray, size: int = 416, square: bool = True
-) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Letterbox an RGB ``uint8`` image into the model's input tensor.
-
-    The long side is scaled to ``size`` and the image is centred on a canvas of the mean
-    colour (zero after normalisation): ``size x size`` with ``square``, else only padded up
-    to multiples of 32 (less work for wide photos; the converted model takes any such size).
-    Returns ``(tensor [1, 3, H, W] float32, scale, (pad_x, pad_y))``; a point of the input
-    maps back to the photo as ``(x - pad_x) / scale, (y - pad_y) / scale``.
-    """
-    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3:
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb_uint8.shape}")
-    h, w = rgb_uint8.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    img = cv2.resize(rgb_uint8, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb_uint8
-    if square:
-        cw = ch = size
-    else:
-        cw, ch = int(math.ceil(nw / 32) * 32), int(math.ceil(nh / 32) * 32)
-    px, py = (cw - nw) // 2, (ch - nh) // 2
-    norm = (img[:, :, ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR
-    tensor = np.zeros((1, 3, ch, cw), dtype=np.float32)
-    tensor[0, :, py : py + nh, px : px + nw] = norm.transpose(2, 0, 1)
-    return tensor, scale, (px, py)
 
 
 def _split_outputs(
@@ -144,11 +114,10 @@ VEHICLE_CLASSES = (2, 3, 5, 7)
 class NanoDet:
     """NanoDet on a photo: people (class 0) and, for plate context, vehicles."""
 
-    model = "nanodet"
-
-    def __init__(self) -> None:
+    def __init__(self, model: str = "nanodet") -> None:
         from veil.inference.session import get_session
 
+        self.model = model
         self.session = get_session(self.model)
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]

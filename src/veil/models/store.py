@@ -176,6 +176,12 @@ def convert(spec: ModelSpec, src: Path, dst: Path, photos: list[Path] | None = N
 
     elif spec.converter == "tfjs":
         from veil.models.convert.tfjs import convert as run
+    elif spec.converter == "tfjs-int8":
+        from veil.models.convert.quantize import nanodet_int8
+
+        def run(src: Path, dst: Path) -> dict:
+            return nanodet_int8(src, dst, photos or [], spec.input_size)
+
     elif spec.converter == "copy":
         shutil.copyfile(src, dst)
         return {}

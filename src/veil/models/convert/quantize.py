@@ -84,23 +84,18 @@ def float_nodes(model) -> list[str]:
     return keep
 
 
-def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
-    """Convert the Ultralytics checkpoint ``src`` to an int8 ONNX model at ``dst``."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from veil.imageio import load_image
-    from veil.models.convert.yolo_pt import convert as convert_fp32
-    from veil.models.preprocess import letterbox, planar_blob
-
+def _photo_blobs(photos: list[Path], blob) -> list:
     if not photos:
         raise ModelError("int8 conversion needs calibration photos")
-    blobs = []
-    for p in photos:
-        rgb = load_image(p).rgb
-        for f in CALIBRATION_SIZES:
-            img, _, _ = letterbox(rgb, int(size * f) // 32 * 32)
-            blobs.append({"images": planar_blob(img, 255.0)})
+    from veil.imageio import load_image
+
+    return [blob(load_image(p).rgb, f) for p in photos for f in CALIBRATION_SIZES]
+
+
+def _quantize(fp32: Path, dst: Path, blobs: list, ops: tuple[str, ...], exclude: list[str]) -> None:
+    """onnxruntime's static quantizer (QDQ, weights per channel, activations per tensor),
+    calibrated on ``blobs`` (input feeds)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Photos(CalibrationDataReader):
         def __init__(self) -> None:
@@ -109,18 +104,108 @@ def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
         def get_next(self) -> dict | None:
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(prefix="veil-int8-") as tmp, _quiet_logging():
-        fp32 = Path(tmp) / "fp32.onnx"
-        info = convert_fp32(src, fp32)
+    with _quiet_logging():
         quantize_static(
             str(fp32),
             str(dst),
             Photos(),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_exclude=float_nodes(onnx.load(str(fp32))),
+            op_types_to_quantize=list(ops),
+            nodes_to_exclude=exclude,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+
+
+def yolo_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
+    """Convert the Ultralytics checkpoint ``src`` to an int8 ONNX model at ``dst``."""
+    import onnx
+
+    from veil.models.convert.yolo_pt import convert as convert_fp32
+    from veil.models.preprocess import letterbox, planar_blob
+
+    blobs = _photo_blobs(photos, lambda rgb, f: {"images": planar_blob(letterbox(rgb, int(size * f) // 32 * 32)[0], 255.0)})
+    with tempfile.TemporaryDirectory(prefix="veil-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        info = convert_fp32(src, fp32)
+        _quantize(fp32, dst, blobs, QUANTIZED_OPS, float_nodes(onnx.load(str(fp32))))
     return {**info, "int8": True, "recipe": RECIPE, "calibration": [p.name for p in photos]}
+
+
+#: NanoDet (TFJS): op types quantized; its outputs leave through Sigmoid (scores) and
+#: Reshape/Transpose (box distributions), which stay in float
+NANODET_QUANTIZED_OPS = ("Conv", "LeakyRelu", "Concat", "Add", "Resize", "MaxPool", "Split")
+
+
+def fold_pads(model) -> int:
+    """Fold constant ``Pad`` nodes into the ops they feed where those pad with the same
+    value themselves: zeros into convolutions, -inf into max pooling; returns how many.
+
+    TFJS graphs carry padding as a ``Pad`` op before the convolution or pooling. onnxruntime
+    fuses that into float ops, but in a quantized graph the ``Pad`` sits between an
+    activation's quantize/dequantize pair and its op, so the int8 op would not form (and a
+    -inf padding has no uint8 range): folded, the same values are the op's own ``pads``."""
+    from onnx import helper, numpy_helper
+
+    init = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    folded = []
+    for n in model.graph.node:
+        if n.op_type != "Pad" or len(n.input) < 2 or n.input[1] not in init or n.output[0] in outputs:
+            continue
+        modes = [helper.get_attribute_value(a) for a in n.attribute if a.name == "mode"]
+        if modes and modes[0] not in (b"constant", "constant"):
+            continue
+        value = 0.0
+        if len(n.input) > 2 and n.input[2]:
+            if n.input[2] not in init:
+                continue
+            value = float(numpy_helper.to_array(init[n.input[2]]).reshape(-1)[0])
+        into = {0.0: "Conv", float("-inf"): "MaxPool"}.get(value)
+        pads = numpy_helper.to_array(init[n.input[1]]).tolist()
+        users = consumers.get(n.output[0], [])
+        if into is None or len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)) or not users:
+            continue  # only spatial padding of an NCHW tensor
+        attrs = [{a.name: a for a in u.attribute} for u in users]
+        if any(u.op_type != into for u in users) or any(
+            helper.get_attribute_value(a["auto_pad"]) not in (b"NOTSET", "NOTSET") for a in attrs if "auto_pad" in a
+        ):
+            continue
+        for u, a in zip(users, attrs):
+            cp = list(helper.get_attribute_value(a["pads"])) if "pads" in a else [0, 0, 0, 0]
+            if "pads" in a:
+                u.attribute.remove(a["pads"])
+            u.attribute.append(helper.make_attribute("pads", [cp[0] + pads[2], cp[1] + pads[3], cp[2] + pads[6], cp[3] + pads[7]]))
+            u.input[0] = n.input[0]
+        folded.append(n)
+    for n in folded:
+        model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for i in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(i)  # the folded pads' amounts
+    return len(folded)
+
+
+def nanodet_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
+    """Convert the TFJS NanoDet graph ``src`` (model.json beside its weights) to an int8
+    ONNX model at ``dst``: converted, its paddings folded, quantized."""
+    import onnx
+
+    from veil.models.convert.tfjs import convert as convert_fp32
+    from veil.models.preprocess import preprocess_nanodet
+
+    with tempfile.TemporaryDirectory(prefix="veil-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        info = convert_fp32(src, fp32)
+        model = onnx.load(str(fp32))
+        folded = fold_pads(model)
+        onnx.save(model, str(fp32))
+        name = model.graph.input[0].name
+        blobs = _photo_blobs(photos, lambda rgb, f: {name: preprocess_nanodet(rgb, int(size * f) // 32 * 32, square=False)[0]})
+        _quantize(fp32, dst, blobs, NANODET_QUANTIZED_OPS, [])
+    return {**info, "int8": True, "recipe": RECIPE, "pads_folded": folded, "calibration": [p.name for p in photos]}
