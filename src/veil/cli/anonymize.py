@@ -154,7 +154,7 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
     threads = max(1, _cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(threads, os.getpid()))
     with pool:
-        futures = [pool.submit(process_one, *a) for a in args]
+        futures = [pool.submit(process_one, *a) for a in sorted(args, key=_largest_first)]
         try:
             for fut in as_completed(futures):
                 item = _recorded(fut.result(), manifest)
@@ -164,6 +164,15 @@ def _run(jobs: list[tuple[Path, Path]], options: Options, dry_run: bool, in_plac
         finally:
             for f in futures:
                 f.cancel()
+
+
+def _largest_first(arg: tuple) -> int:
+    """Workers take the largest files first: the batch then ends on small ones, so no
+    worker is left with a large photo while the others have nothing to do."""
+    try:
+        return -os.stat(arg[0]).st_size
+    except OSError:
+        return 0  # the worker reports the error
 
 
 def _recorded(item: dict, manifest: Manifest | None) -> dict:

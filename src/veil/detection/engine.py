@@ -259,13 +259,13 @@ class Engine:
             if p.tiles:
                 regions = tile_regions(w, h, p.size, min_scale=p.tile_scale)
                 if regions and tiles_whole(plan, p, w, h):
-                    return model.detections(self._nanodet(rgb, round(max(w, h) * p.tile_scale), cache), p.floor, target)
+                    return model.detections(self._nanodet(rgb, round(max(w, h) * p.tile_scale), cache, p.model), p.floor, target)
                 out: list[Detection] = []
                 for (x0, y0, x1, y1), s in regions:
                     fwd = model.forward(np.ascontiguousarray(rgb[y0:y1, x0:x1]), max(32, round(max(x1 - x0, y1 - y0) * s)))
                     out += [d.scaled(1, 1, x0, y0).clipped(w, h) for d in model.detections(fwd, p.floor, target)]
                 return out
-            return model.detections(self._nanodet(rgb, p.size, cache), p.floor, target)
+            return model.detections(self._nanodet(rgb, p.size, cache, p.model), p.floor, target)
         raise TypeError(f"model {p.model!r} cannot run a {target} pass")  # pragma: no cover
 
     def plates_from_text(self, rgb: np.ndarray, cache: dict[tuple[str, int], NanoDetOutputs] | None = None) -> list[Detection]:

@@ -198,6 +198,7 @@ PRESETS: dict[str, Preset] = {
             ),
             agree=0.5,
             upscale_budget=4.0e6,
+            tiles_whole_up_to=1.0e6,
         ),
         person=Plan(
             (
@@ -210,6 +211,7 @@ PRESETS: dict[str, Preset] = {
             agree=0.6,
             cluster_iou=0.5,
             tile_above=1.5,
+            tiles_whole_up_to=2.1e6,
         ),
         plate=Plan(
             (Pass(_PLATE, 0.05, 0.05, size=640), Pass(_PLATE, 0.05, 0.05, size=1280), Pass(_PLATE, 0.05, 0.05, size=1280, tiles=True)),
