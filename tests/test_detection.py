@@ -83,7 +83,7 @@ def test_tiles_run_as_one_whole_photo_pass_under_the_budget(engine, photos, monk
 
     portrait = rgb_of(photos["grace_hopper"])
     canvas = np.full((1080, 1920, 3), 90, dtype=np.uint8)
-    # a face ~40 px tall, ~20 px at the tiles' scale (over the 24 px that starts a look around small faces)
+    # a face ~40 px tall (over the 24 px that starts a look around small faces), ~20 px at the tiles' scale
     canvas[500:617, 1400:1500] = cv2.resize(portrait, (100, 117), interpolation=cv2.INTER_AREA)
     plan = PRESETS["balanced"].face
     tiled = next(p for p in plan.passes if p.tiles)
@@ -301,6 +301,8 @@ def test_plate_vehicle_pass_reuses_the_person_nanodet_pass(photos, monkeypatch):
     calls.clear()
     eng.detect(rgb, ("face", "plate"))
     assert calls == [(plate.vehicle_model, plate.vehicle_size)]  # no person pass: vehicles from NanoDet in int8
+    listed = lambda targets: {m.split(" ")[0] for m in eng.model_names(targets)}  # noqa: E731
+    assert "nanodet-int8" in listed(("face", "plate")) and "nanodet-int8" not in listed(("face", "person", "plate"))
     # the bus (about 570 px tall in a 1080 px photo): zoomed to 320 px with no whole-photo pass
     # to beat, left out when the whole photo is already seen at 640 (zoom gain < 1.25)
     regions = eng.vehicle_regions(rgb, Plan(()), size=1280)

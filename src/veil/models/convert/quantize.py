@@ -158,6 +158,8 @@ def fold_pads(model) -> int:
     for n in model.graph.node:
         if n.op_type != "Pad" or len(n.input) < 2 or n.input[1] not in init or n.output[0] in outputs:
             continue
+        if len(n.input) > 3 and n.input[3]:
+            continue  # opset 18's axes: pads in another order
         modes = [helper.get_attribute_value(a) for a in n.attribute if a.name == "mode"]
         if modes and modes[0] not in (b"constant", "constant"):
             continue
@@ -169,12 +171,10 @@ def fold_pads(model) -> int:
         into = {0.0: "Conv", float("-inf"): "MaxPool"}.get(value)
         pads = numpy_helper.to_array(init[n.input[1]]).tolist()
         users = consumers.get(n.output[0], [])
-        if into is None or len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)) or not users:
-            continue  # only spatial padding of an NCHW tensor
+        if into is None or len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)) or min(pads) < 0 or not users:
+            continue  # only growing the spatial sides of an NCHW tensor
         attrs = [{a.name: a for a in u.attribute} for u in users]
-        if any(u.op_type != into for u in users) or any(
-            helper.get_attribute_value(a["auto_pad"]) not in (b"NOTSET", "NOTSET") for a in attrs if "auto_pad" in a
-        ):
+        if not all(_folds_into(u, a, into, n.output[0], pads) for u, a in zip(users, attrs)):
             continue
         for u, a in zip(users, attrs):
             cp = list(helper.get_attribute_value(a["pads"])) if "pads" in a else [0, 0, 0, 0]
@@ -185,10 +185,30 @@ def fold_pads(model) -> int:
         folded.append(n)
     for n in folded:
         model.graph.node.remove(n)
-    used = {i for n in model.graph.node for i in n.input}
-    for i in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(i)  # the folded pads' amounts
+    used = {i for n in model.graph.node for i in n.input} | outputs | {i.name for i in model.graph.input}
+    gone = {i for n in folded for i in n.input[1:] if i} - used
+    for i in [i for i in model.graph.initializer if i.name in gone]:
+        model.graph.initializer.remove(i)  # the folded pads' amounts and values
     return len(folded)
+
+
+def _folds_into(node, attrs: dict, op: str, tensor: str, pads: list[int]) -> bool:
+    """Whether a pad of ``tensor`` by ``pads`` can become ``node``'s own padding: the op
+    pads with that value, takes ``tensor`` as its data input, has explicit pads, and (max
+    pooling) keeps each side's padding under its kernel, as onnxruntime requires."""
+    from onnx import helper
+
+    if node.op_type != op or node.input[0] != tensor or tensor in node.input[1:]:
+        return False
+    if "auto_pad" in attrs and helper.get_attribute_value(attrs["auto_pad"]) not in (b"NOTSET", "NOTSET"):
+        return False
+    if op == "MaxPool":
+        kernel = list(helper.get_attribute_value(attrs["kernel_shape"])) if "kernel_shape" in attrs else [1, 1]
+        own = list(helper.get_attribute_value(attrs["pads"])) if "pads" in attrs else [0, 0, 0, 0]
+        total = [own[0] + pads[2], own[1] + pads[3], own[2] + pads[6], own[3] + pads[7]]
+        if any(t >= kernel[k % 2] for k, t in enumerate(total)):
+            return False
+    return True
 
 
 def nanodet_int8(src: Path, dst: Path, photos: list[Path], size: int) -> dict:
