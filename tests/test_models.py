@@ -237,3 +237,19 @@ def test_tampered_calibration_photo_is_refused(tmp_path: Path, monkeypatch):
     with pytest.raises(ModelError, match=r"yunet-badcal.*bus\.jpg.*tampered"):
         store.path("yunet-badcal")
     assert not store.status("yunet-badcal").ready
+
+
+def test_nanodet_input_is_the_normalised_bgr_photo_on_a_zero_canvas():
+    """The plane-by-plane input equals the plain formula, (BGR - mean) / std, centred on a
+    canvas of zeros (the mean colour), square or padded to multiples of 32."""
+    from veil.models.preprocess import MEAN_BGR, STD_BGR, preprocess_nanodet
+
+    rgb = np.random.default_rng(1).integers(0, 256, (77, 130, 3), dtype=np.uint8)
+    for size, square in ((130, True), (130, False)):
+        x, scale, (px, py) = preprocess_nanodet(rgb, size, square=square)
+        assert scale == 1.0 and x.shape == ((1, 3, 130, 130) if square else (1, 3, 96, 160))
+        want = ((rgb[:, :, ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)
+        assert np.array_equal(x[0, :, py : py + 77, px : px + 130], want)
+        inside = np.zeros(x.shape[2:], dtype=bool)
+        inside[py : py + 77, px : px + 130] = True
+        assert not x[0][:, ~inside].any()

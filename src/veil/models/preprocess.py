@@ -67,7 +67,11 @@ def preprocess_nanodet(
     else:
         cw, ch = int(math.ceil(nw / 32) * 32), int(math.ceil(nh / 32) * 32)
     px, py = (cw - nw) // 2, (ch - nh) // 2
-    norm = (img[:, :, ::-1].astype(np.float32) - MEAN_BGR) / STD_BGR
     tensor = np.zeros((1, 3, ch, cw), dtype=np.float32)
-    tensor[0, :, py : py + nh, px : px + nw] = norm.transpose(2, 0, 1)
+    # plane by plane into the tensor (the same float32 arithmetic as a transposed
+    # whole-image cast, at a fraction of its cost on large inputs)
+    for c, (plane, mean, std) in enumerate(zip(reversed(cv2.split(img)), MEAN_BGR, STD_BGR)):
+        dst = tensor[0, c, py : py + nh, px : px + nw]
+        np.subtract(plane, mean, out=dst, dtype=np.float32)
+        np.divide(dst, std, out=dst)
     return tensor, scale, (px, py)
