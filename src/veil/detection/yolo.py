@@ -57,14 +57,6 @@ class Yolo:
             for k in keep
         ]
 
-    def tiled(
-        self, rgb: np.ndarray, size: int, threshold: float, grid: int = 2, overlap: float = 0.2, min_scale: float = 0.0
-    ) -> list[Detection]:
-        """Run on overlapping tiles so small objects in large photos get pixels: a fixed
-        ``grid x grid``, or with ``min_scale`` as many tiles as it takes for each to be
-        shrunk by at most that factor (none where the whole photo already is)."""
-        return self.regions(rgb, tile_regions(rgb.shape[1], rgb.shape[0], size, grid, overlap, min_scale), threshold)
-
     def regions(self, rgb: np.ndarray, regions: list[tuple[tuple[int, int, int, int], float]], threshold: float) -> list[Detection]:
         """Run on crops of ``rgb``: ``regions`` holds ``((x0, y0, x1, y1), scale)``, the crop
         in photo pixels and the factor it is resized by for the model (2.0 = upscaled)."""
@@ -82,7 +74,10 @@ class Yolo:
 def tile_regions(
     width: int, height: int, size: int, grid: int = 2, overlap: float = 0.2, min_scale: float = 0.0
 ) -> list[tuple[tuple[int, int, int, int], float]]:
-    """Tiles as ``((x0, y0, x1, y1), scale)`` for :meth:`Yolo.regions` (see :meth:`Yolo.tiled`)."""
+    """Overlapping tiles, so small objects in large photos get pixels, as ``((x0, y0, x1,
+    y1), scale)`` for :meth:`Yolo.regions`: a fixed ``grid x grid``, or with ``min_scale`` as
+    many tiles as it takes for each to be shrunk by at most that factor into an input of
+    ``size`` (none where the whole photo already is)."""
     if min_scale > 0:
         side = size / min_scale  # the largest tile the model sees at >= min_scale
         nx, ny = (max(1, math.ceil((n / side - overlap) / (1 - overlap))) for n in (width, height))
