@@ -515,7 +515,7 @@ def test_small_people_in_a_large_photo_are_found_on_tiles(engine, photos):
     people = by_target(engine.detect(canvas, ("person",)), "person")
     inside = [p for p in people if 900 <= (p.box[0] + p.box[2]) / 2 <= 1001 and 1500 <= (p.box[1] + p.box[3]) / 2 <= 1635]
     assert len(inside) >= 3
-    assert {p.source for p in inside} & {"person-yolo11n-pose", "nanodet"}
+    assert {p.source for p in inside} & {"person-yolo11n-pose-int8", "nanodet"}
 
 
 def test_people_in_a_mid_sized_photo_are_found_by_one_full_size_pass(engine, photos, monkeypatch):
@@ -537,7 +537,7 @@ def test_people_in_a_mid_sized_photo_are_found_by_one_full_size_pass(engine, pho
     monkeypatch.setattr(Yolo, "run", lambda self, rgb, size, thr: (rgb.shape == canvas.shape and sizes.append((self.model, size))) or run(self, rgb, size, thr))
     monkeypatch.setattr(Yolo, "regions", lambda self, rgb, rs, thr: regions.append(len(rs)) or run_regions(self, rgb, rs, thr))
     people = by_target(engine.detect(canvas, ("person",)), "person")
-    assert ("nanodet", 1600) in sizes and ("person-yolo11n-pose", 1600) in sizes and sum(regions) == 0
+    assert ("nanodet", 1600) in sizes and ("person-yolo11n-pose-int8", 1600) in sizes and sum(regions) == 0
     inside = [p for p in people if 900 <= (p.box[0] + p.box[2]) / 2 <= 1001 and 700 <= (p.box[1] + p.box[3]) / 2 <= 835]
     assert len(inside) >= 3
 

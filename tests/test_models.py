@@ -106,7 +106,7 @@ def test_permissive_setting_refuses_copyleft_weights(monkeypatch):
     assert res.exit_code == 0 and "AGPL-3.0" in res.output and "disabled" in res.output
 
 
-@pytest.mark.parametrize("name", ["face-yolo11m", "plate-yolov8n"])
+@pytest.mark.parametrize("name", ["face-yolo11m", "plate-yolov8n", "person-yolo11n-pose-int8"])
 def test_yolo_models_are_int8_with_a_float_head(name: str):
     """The convolutions and the activations between them run quantized; the head's
     decoding (box coordinates and scores in one tensor) stays in float."""
@@ -131,6 +131,23 @@ def test_yolo_models_are_int8_with_a_float_head(name: str):
     assert seen
     info = store.meta(name)["info"]
     assert info["int8"] and info["recipe"] == RECIPE and info["calibration"] == ["bus.jpg", "zidane.jpg"]
+
+
+def test_int8_pose_model_finds_the_float_models_people(photos):
+    """The bus photo's people (four, 450-500 px tall, one cut by the photo's edge) come out
+    of the pose model in int8 as out of the float one (``balanced`` runs the first,
+    ``thorough`` the second): the same boxes and scores, keypoints included."""
+    from veil.detection.boxes import iou_matrix
+    from veil.detection.yolo import Yolo
+    from veil.imageio import load_image
+
+    rgb = load_image(photos["bus"]).rgb
+    found = [Yolo(name, "person", nkpt=17).run(rgb, 640, 0.3) for name in ("person-yolo11n-pose", "person-yolo11n-pose-int8")]
+    assert len(found[0]) == len(found[1]) == 4
+    a, b = (np.array([d.box for d in ds], np.float32) for ds in found)
+    assert (iou_matrix(a, b).max(axis=1) > 0.9).all()
+    assert np.allclose(sorted(d.score for d in found[0]), sorted(d.score for d in found[1]), atol=0.05)
+    assert all(d.keypoints is not None and d.keypoints.shape == (17, 3) for d in found[1])
 
 
 def test_int8_nanodet_has_its_paddings_folded_and_finds_the_float_models_vehicles(photos):

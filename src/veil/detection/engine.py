@@ -45,6 +45,7 @@ _FACTORIES = {
     "face-yolo11m": lambda: Yolo("face-yolo11m", "face"),
     "plate-yolov8n": lambda: Yolo("plate-yolov8n", "plate"),
     "person-yolo11n-pose": lambda: Yolo("person-yolo11n-pose", "person", nkpt=17),
+    "person-yolo11n-pose-int8": lambda: Yolo("person-yolo11n-pose-int8", "person", nkpt=17),
 }
 #: In permissive mode plates come from text found on vehicles (PP-OCR + NanoDet).
 PERMISSIVE_PLATE_TEXT_SIZE = 1280
