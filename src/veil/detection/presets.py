@@ -7,12 +7,14 @@ least two passes see it with enough summed confidence (``agree``). Faces run one
 detector (YOLO11m trained on WIDER FACE) on the whole photo and, where that shrinks a large
 photo, on tiles (``thorough`` adds CenterFace and YuNet, upscaled for small faces; ``fast``
 and the permissive setting run CenterFace, plus YuNet in permissive mode); people run
-YOLO11-pose and NanoDet at several sizes, and both on full-size tiles of large photos;
-plates run YOLOv8 on the whole photo at 640 and take a second look where plates are small: on crops around the small and mid-sized
-vehicles NanoDet finds, each zoomed so its plate is ~32 px (``balanced``; NanoDet's forward
-pass is shared with the person passes, or NanoDet in int8 where people are not a target), or on the whole photo at 1280 and tiles
-(``thorough``). A plate box needs evidence: below even odds it is kept only on a vehicle
-that same NanoDet pass sees (``Plan.evidence_score``).
+YOLO11-pose (in int8 in ``balanced``) and NanoDet at several sizes, and both on full-size
+tiles of large photos; plates run YOLOv8 on the whole photo at 640 and take a second look
+where plates are small: on crops around the small and mid-sized vehicles NanoDet finds that
+hold no plate the whole photo showed, each zoomed so its plate is ~32 px (``balanced``;
+NanoDet's forward pass is shared with the person passes, or NanoDet in int8 where people are
+not a target), or on the whole photo at 1280 and tiles (``thorough``). A plate box needs
+evidence: below even odds it is kept only on a vehicle that same NanoDet pass sees
+(``Plan.evidence_score``).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class Preset:
 
 
 _CF, _YN, _POSE, _ND, _PLATE = "centerface", "yunet", "person-yolo11n-pose", "nanodet", "plate-yolov8n"
-#: the pose model in int8 (``balanced``): 1.6x as fast with the same person recall at 640
+#: the pose model in int8 (``balanced``): 1.35x as fast with the same person recall at 640
 #: (83.8% on both COCO sets); ``thorough`` keeps the float model, whose 1280 pass the int8
 #: build would cost a person of >= 64 px there
 _POSE8 = "person-yolo11n-pose-int8"

@@ -124,7 +124,7 @@ MODELS: tuple[ModelSpec, ...] = (
         targets=("person",),
         converter="yolo-pt-int8",
         **_POSE,  # type: ignore[arg-type]
-        description="YOLO11n-pose in int8 (balanced: 1.6x as fast, the same person recall at 640)",
+        description="YOLO11n-pose in int8 (balanced: 1.35x as fast, the same person recall at 640)",
         calibration=_CALIBRATION_PHOTOS,
     ),
     ModelSpec(
