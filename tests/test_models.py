@@ -136,7 +136,11 @@ def test_yolo_models_are_int8_with_a_float_head(name: str):
 def test_int8_pose_model_finds_the_float_models_people(photos):
     """The bus photo's people (four, 450-500 px tall, one cut by the photo's edge) come out
     of the pose model in int8 as out of the float one (``balanced`` runs the first,
-    ``thorough`` the second): the same boxes and scores, keypoints included."""
+    ``thorough`` the second): the same boxes and scores, and 17 keypoints each whose
+    confident head points (nose, eyes, ears: what hides a head whose face was not found)
+    stay within 5% of the person's height; ``balanced`` runs the int8 model, ``thorough``
+    the float one."""
+    from veil.detection.presets import PRESETS
     from veil.detection.boxes import iou_matrix
     from veil.detection.yolo import Yolo
     from veil.imageio import load_image
@@ -148,6 +152,16 @@ def test_int8_pose_model_finds_the_float_models_people(photos):
     assert (iou_matrix(a, b).max(axis=1) > 0.9).all()
     assert np.allclose(sorted(d.score for d in found[0]), sorted(d.score for d in found[1]), atol=0.05)
     assert all(d.keypoints is not None and d.keypoints.shape == (17, 3) for d in found[1])
+    compared = 0
+    for d in found[0]:
+        e = max(found[1], key=lambda o: float(iou_matrix(np.array([d.box], np.float32), np.array([o.box], np.float32))[0, 0]))
+        sure = (d.keypoints[:5, 2] > 0.5) & (e.keypoints[:5, 2] > 0.5)
+        shift = np.abs(d.keypoints[:5, :2] - e.keypoints[:5, :2]).max(axis=1)[sure]
+        assert (shift <= 0.05 * (d.box[3] - d.box[1])).all()
+        compared += len(shift)
+    assert compared >= 8  # head points of at least two people were compared
+    pose = {name: {p.model for p in PRESETS[name].person.passes} & {"person-yolo11n-pose", "person-yolo11n-pose-int8"} for name in ("balanced", "thorough")}
+    assert pose == {"balanced": {"person-yolo11n-pose-int8"}, "thorough": {"person-yolo11n-pose"}}
 
 
 def test_int8_nanodet_has_its_paddings_folded_and_finds_the_float_models_vehicles(photos):

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from veil.detection.boxes import neighbours
+from veil.detection.boxes import iou_matrix, neighbours
 from veil.detection.consistency import heads_without_faces
 from veil.detection.faces import CenterFace, YuNet
 from veil.detection.nanodet import VEHICLE_CLASSES, NanoDet, NanoDetOutputs
@@ -151,8 +151,8 @@ class Engine:
                 continue
             if p.vehicles:
                 yolo: Yolo = self._model(p.model)  # type: ignore[assignment]
-                kept = [d for k, d in cands if d.score >= plan.passes[k].accept]  # the vote keeps these on their own
-                cands += [(i, d) for d in yolo.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache, kept), p.floor)]
+                found = plates_found(cands, plan)
+                cands += [(i, d) for d in yolo.regions(rgb, self.vehicle_regions(rgb, plan, p.size, cache, found), p.floor)]
                 continue
             cands += [(i, d) for d in self._run_pass(rgb, target, p, plan, cache)]
         out = vote(cands, plan)
@@ -221,19 +221,19 @@ class Engine:
         (NanoDet at ``plan.vehicle_size``), zoomed so the vehicle is ``plan.vehicle_px`` tall
         in the model's input, at most to the scale of a whole-photo pass at ``size``;
         vehicles that would gain less than ``plan.vehicle_gain`` over the plan's whole-photo
-        passes are left out, and so are vehicles already holding a plate of ``found`` (the
-        earlier passes' candidates that the vote keeps on their own): lying on that vehicle,
-        such a plate has its evidence (``plan.evidence_score``) and stays hidden, so the crop
-        would only find it again; the crops go where the whole photo's evidence is weak (no
-        plate seen on the vehicle). Overlapping crops merge and take their largest zoom."""
+        passes are left out, and so are vehicles holding the centre of a plate of ``found``
+        (:func:`plates_found`) that lies on no other of these vehicles: on that vehicle the
+        plate has its evidence (``plan.evidence_score``) and stays hidden, so the crop would
+        only find it again; the crops go where the whole photo's evidence is weak (no plate
+        seen on the vehicle, or one that could be a neighbour's where vehicles overlap).
+        Overlapping crops merge and take their largest zoom."""
         h, w = rgb.shape[:2]
         long = max(h, w)
         whole = max((p.size for p in plan.passes if p.size and not (p.tiles or p.vehicles)), default=0) / long
         boxes, scores = self.vehicles(rgb, plan, cache)
         boxes = boxes[scores >= plan.vehicle_score]
         sure = np.array([d.box for d in found], np.float32).reshape(-1, 4)
-        if len(sure) and len(boxes):
-            boxes = boxes[~holding(boxes, sure, 0.0)]
+        boxes = boxes[~spared(boxes, sure)]
         zoom = np.minimum(plan.vehicle_px / np.maximum(boxes[:, 3] - boxes[:, 1], 1.0), size / long)
         keep = zoom >= plan.vehicle_gain * whole
         return merge_regions(boxes[keep], w, h, plan.vehicle_margin, zoom[keep])
@@ -316,6 +316,34 @@ def holding(regions: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
     for k, (x0, y0, x1, y1) in enumerate(regions):
         out[k] = bool(((x0 - reach <= cx) & (cx <= x1 + reach) & (y0 - reach <= cy) & (cy <= y1 + reach)).any())
     return out
+
+
+#: vehicle boxes overlapping at least this much (IoU) are one vehicle seen twice (NanoDet
+#: keeps a box per class: a van as car and truck)
+SAME_VEHICLE_IOU = 0.5
+
+
+def spared(vehicles: np.ndarray, plates: np.ndarray) -> np.ndarray:
+    """Whether each of ``vehicles`` (V, 4) holds the centre of one of ``plates`` (P, 4) that
+    lies on no other vehicle: that vehicle's plate was found. A plate on two overlapping
+    vehicles (dense traffic, a parking row) may be either one's, so neither is spared; boxes
+    of one vehicle seen twice (``SAME_VEHICLE_IOU``) count as one."""
+    if not len(vehicles) or not len(plates):
+        return np.zeros(len(vehicles), dtype=bool)
+    cx, cy = (plates[:, 0] + plates[:, 2]) / 2, (plates[:, 1] + plates[:, 3]) / 2
+    x0, y0, x1, y1 = (vehicles[:, k : k + 1] for k in range(4))
+    on = (x0 <= cx) & (cx <= x1) & (y0 <= cy) & (cy <= y1)  # (V, P)
+    other = iou_matrix(vehicles, vehicles) < SAME_VEHICLE_IOU  # (V, V): distinct vehicles
+    contested = (other.astype(np.int32) @ on.astype(np.int32)) > 0  # (V, P): p also on a distinct vehicle
+    return (on & ~contested).any(axis=1)
+
+
+def plates_found(cands: Sequence[tuple[int, Detection]], plan: Plan) -> list[Detection]:
+    """The candidates (``(pass index, detection)``) that spare a vehicle its zoomed crop:
+    those the vote keeps on their own (their pass's ``accept``) and at least
+    ``plan.vehicle_found_score`` sure, so a faint box (a badge, a grille's text) does not
+    stand in for the plate a crop would find."""
+    return [d for k, d in cands if d.score >= max(plan.passes[k].accept, plan.vehicle_found_score)]
 
 
 def tiles_run(plan: Plan, width: int, height: int) -> bool:

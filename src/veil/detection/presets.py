@@ -49,7 +49,8 @@ class Pass:
     #: fast preset's way to keep large photos cheap
     max_pixels: float = 0.0
     #: plates: a second look, only on crops around the vehicles NanoDet finds that are small
-    #: in the photo, each zoomed so its plate gets pixels (see ``Plan.vehicle_*``); ``size``
+    #: in the photo and hold no plate the earlier passes found (``Plan.vehicle_found_score``),
+    #: each zoomed so its plate gets pixels (see ``Plan.vehicle_*``); ``size``
     #: caps the zoom at the scale a whole-photo pass at that size would use
     vehicles: bool = False
     #: face models (YOLO): a second look at ``tile_scale``, only on tiles around the faces the
@@ -102,6 +103,10 @@ class Plan:
     #: ... each crop is the vehicle's box grown by this share of its size on every side;
     #: overlapping crops merge, zoomed for their smallest vehicle
     vehicle_margin: float = 0.1
+    #: ... a vehicle holding the centre of a whole-photo plate candidate at least this sure
+    #: (and lying on no other vehicle) gets no crop: that plate is kept on its evidence, and
+    #: the crop would find it again; fainter boxes (a badge, a grille's text) do not count
+    vehicle_found_score: float = 0.2
     #: plates need evidence: a kept box scoring below this must have its centre on a
     #: vehicle NanoDet sees (at ``vehicle_size``, score >= ``evidence_vehicle_score``);
     #: character-like texture alone (a face mask's print, a watermark) is not a plate.

