@@ -285,15 +285,13 @@ class Engine:
         nd: NanoDet = self._model("nanodet")  # type: ignore[assignment]
         vehicles = nd.detections(self._nanodet(rgb, 640, {} if cache is None else cache), 0.25, target="vehicle")
         vb = np.array([v.box for v in vehicles], dtype=np.float32).reshape(-1, 4)
-        out = []
-        for d in text(rgb, size=PERMISSIVE_PLATE_TEXT_SIZE):
-            if not plate_like(d):
-                continue
-            cx, cy = (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2
-            on_vehicle = bool(len(vb)) and bool(((vb[:, 0] <= cx) & (cx <= vb[:, 2]) & (vb[:, 1] <= cy) & (cy <= vb[:, 3])).any())
-            if on_vehicle or not len(vb):
-                out.append(Detection("plate", d.score, d.box, polygon=d.polygon, source="ppocr-det+nanodet"))
-        return out
+        lines = [d for d in text(rgb, size=PERMISSIVE_PLATE_TEXT_SIZE) if plate_like(d)]
+        on = centres_on(vb, [d.box for d in lines]).any(axis=0)
+        return [
+            Detection("plate", d.score, d.box, polygon=d.polygon, source="ppocr-det+nanodet")
+            for d, on_vehicle in zip(lines, on)
+            if on_vehicle or not len(vb)
+        ]
 
 
 def around_small_scale(heights: np.ndarray, p: Pass, plan: Plan, width: int, height: int) -> float:
@@ -308,14 +306,20 @@ def around_small_scale(heights: np.ndarray, p: Pass, plan: Plan, width: int, hei
     return float(min(max(want, p.tile_scale), cap))
 
 
+def centres_on(regions: np.ndarray, boxes: np.ndarray, reach: float = 0.0) -> np.ndarray:
+    """``(R, N)``: whether region ``r`` of ``regions`` (R, 4: tiles, vehicles), its edges
+    grown by ``reach`` pixels, holds the centre of box ``n`` of ``boxes`` (N, 4)."""
+    regions, boxes = (np.asarray(a).reshape(-1, 4) for a in (regions, boxes))
+    # centres compared in the regions' precision, as a scalar centre against them would be
+    cx, cy = (((boxes[:, i] + boxes[:, i + 2]) / 2).astype(regions.dtype, copy=False) for i in (0, 1))
+    x0, y0, x1, y1 = (regions[:, k : k + 1] for k in range(4))
+    return (x0 - reach <= cx) & (cx <= x1 + reach) & (y0 - reach <= cy) & (cy <= y1 + reach)
+
+
 def holding(regions: np.ndarray, boxes: np.ndarray, reach: float) -> np.ndarray:
     """Whether each of ``regions`` (R, 4: tiles, vehicles) holds the centre of one of
     ``boxes`` (N, 4), its edges grown by ``reach`` pixels."""
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    out = np.zeros(len(regions), dtype=bool)
-    for k, (x0, y0, x1, y1) in enumerate(regions):
-        out[k] = bool(((x0 - reach <= cx) & (cx <= x1 + reach) & (y0 - reach <= cy) & (cy <= y1 + reach)).any())
-    return out
+    return centres_on(regions, boxes, reach).any(axis=1)
 
 
 #: vehicle boxes overlapping at least this much (IoU) are one vehicle seen twice (NanoDet
@@ -330,9 +334,7 @@ def spared(vehicles: np.ndarray, plates: np.ndarray) -> np.ndarray:
     of one vehicle seen twice (``SAME_VEHICLE_IOU``) count as one."""
     if not len(vehicles) or not len(plates):
         return np.zeros(len(vehicles), dtype=bool)
-    cx, cy = (plates[:, 0] + plates[:, 2]) / 2, (plates[:, 1] + plates[:, 3]) / 2
-    x0, y0, x1, y1 = (vehicles[:, k : k + 1] for k in range(4))
-    on = (x0 <= cx) & (cx <= x1) & (y0 <= cy) & (cy <= y1)  # (V, P)
+    on = centres_on(vehicles, plates)  # (V, P)
     other = iou_matrix(vehicles, vehicles) < SAME_VEHICLE_IOU  # (V, V): distinct vehicles
     contested = (other.astype(np.int32) @ on.astype(np.int32)) > 0  # (V, P): p also on a distinct vehicle
     return (on & ~contested).any(axis=1)
@@ -371,13 +373,8 @@ def with_evidence(dets: list[Detection], vehicles: np.ndarray, confident: float)
     """``dets`` scoring at least ``confident``, and the others whose centre lies on one of
     ``vehicles`` (N, 4): a plate is on a vehicle, and plate-like texture elsewhere (print
     on a face mask, a watermark, a zipper) is not a plate."""
-    out = []
-    for d in dets:
-        cx, cy = (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2
-        on = (vehicles[:, 0] <= cx) & (cx <= vehicles[:, 2]) & (vehicles[:, 1] <= cy) & (cy <= vehicles[:, 3])
-        if d.score >= confident or bool(on.any()):
-            out.append(d)
-    return out
+    on = centres_on(vehicles, [d.box for d in dets]).any(axis=0)
+    return [d for d, o in zip(dets, on) if d.score >= confident or o]
 
 
 def vote(cands: list[tuple[int, Detection]], plan: Plan) -> list[Detection]:
