@@ -1,7 +1,7 @@
 """int8 YOLO models: veil's own ONNX conversion, then onnxruntime's static quantizer.
 
-A medium-sized detector (YOLO11m faces; the plate model's YOLOv8n and the pose model too) is the cost of a
-whole photo's detection on a CPU. In int8 the face model runs 69 ms on a 640 x 384 input
+A medium-sized detector (YOLO11m faces; the plate model's YOLOv8n and the pose model too)
+is the cost of a whole photo's detection on a CPU. In int8 the face model runs 69 ms on a 640 x 384 input
 against 154 ms in float (convolutions alone in int8: 111 ms), with the same recall on the
 face set: the convolutions (weights per channel) and the ops between them (SiLU's Sigmoid
 and Mul, the residual Adds, Concat, MaxPool, Resize, Split, Slice: activations per tensor)
