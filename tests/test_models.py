@@ -138,8 +138,7 @@ def test_int8_pose_model_finds_the_float_models_people(photos):
     of the pose model in int8 as out of the float one (``balanced`` runs the first,
     ``thorough`` the second): the same boxes and scores, and 17 keypoints each whose
     confident head points (nose, eyes, ears: what hides a head whose face was not found)
-    stay within 5% of the person's height; ``balanced`` runs the int8 model, ``thorough``
-    the float one."""
+    stay within 5% of the person's height."""
     from veil.detection.presets import PRESETS
     from veil.detection.boxes import iou_matrix
     from veil.detection.yolo import Yolo
@@ -149,12 +148,13 @@ def test_int8_pose_model_finds_the_float_models_people(photos):
     found = [Yolo(name, "person", nkpt=17).run(rgb, 640, 0.3) for name in ("person-yolo11n-pose", "person-yolo11n-pose-int8")]
     assert len(found[0]) == len(found[1]) == 4
     a, b = (np.array([d.box for d in ds], np.float32) for ds in found)
-    assert (iou_matrix(a, b).max(axis=1) > 0.9).all()
+    iou = iou_matrix(a, b)
+    assert (iou.max(axis=1) > 0.9).all()
     assert np.allclose(sorted(d.score for d in found[0]), sorted(d.score for d in found[1]), atol=0.05)
     assert all(d.keypoints is not None and d.keypoints.shape == (17, 3) for d in found[1])
     compared = 0
-    for d in found[0]:
-        e = max(found[1], key=lambda o: float(iou_matrix(np.array([d.box], np.float32), np.array([o.box], np.float32))[0, 0]))
+    for d, k in zip(found[0], iou.argmax(axis=1)):
+        e = found[1][k]
         sure = (d.keypoints[:5, 2] > 0.5) & (e.keypoints[:5, 2] > 0.5)
         shift = np.abs(d.keypoints[:5, :2] - e.keypoints[:5, :2]).max(axis=1)[sure]
         assert (shift <= 0.05 * (d.box[3] - d.box[1])).all()
